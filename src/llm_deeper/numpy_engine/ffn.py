@@ -1,0 +1,75 @@
+"""Feed-forward blocks: ReLU, GELU and SwiGLU (the activation's derivative is the backward).
+
+ReLU/GELU:  y = W2 act(W1 x)
+    ReLU'(a)  = 1[a > 0]
+    GELU (tanh form, GPT-2): g(a) = 0.5 a (1 + tanh(u)),  u = sqrt(2/pi) (a + 0.044715 a^3)
+    g'(a) = 0.5 (1 + tanh u) + 0.5 a (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 a^2)
+SwiGLU (Shazeer 2020, Llama):  y = W2 (silu(W1 x) * (W3 x)),  silu(a) = a sigmoid(a)
+    silu'(a) = s + a s (1 - s),  s = sigmoid(a)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .linear import dense_backward, dense_forward
+
+SQRT_2_OVER_PI = float(np.sqrt(2.0 / np.pi))
+
+
+def gelu_forward(a):
+    t = np.tanh(SQRT_2_OVER_PI * (a + 0.044715 * a ** 3))
+    return 0.5 * a * (1.0 + t), (a, t)
+
+
+def gelu_backward(dy, cache):
+    a, t = cache
+    da = 0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * a * a)
+    return dy * da
+
+
+def relu_forward(a):
+    return np.maximum(a, 0), a
+
+
+def relu_backward(dy, a):
+    return dy * (a > 0)
+
+
+def silu_forward(a):
+    s = 1.0 / (1.0 + np.exp(-a))
+    return a * s, (a, s)
+
+
+def silu_backward(dy, cache):
+    a, s = cache
+    return dy * (s + a * s * (1.0 - s))
+
+
+ACT = {"gelu": (gelu_forward, gelu_backward), "relu": (relu_forward, relu_backward),
+       "silu": (silu_forward, silu_backward)}
+
+
+def ffn_forward(p: dict, prefix: str, x, activation: str, lora: dict):
+    """prefix: e.g. 'h.0.ffn.'; weights p[prefix + 'w1'], 'w2', 'w3' (SwiGLU)."""
+    if activation == "swiglu":
+        g, c1 = dense_forward(p, prefix + "w1", x, lora)  # gate (B, T, d_ff)
+        u, c3 = dense_forward(p, prefix + "w3", x, lora)  # up   (B, T, d_ff)
+        sg, cs = silu_forward(g)
+        y, c2 = dense_forward(p, prefix + "w2", sg * u, lora)  # down (B, T, d_model)
+        return y, (activation, c1, c3, cs, sg, u, c2)
+    a, c1 = dense_forward(p, prefix + "w1", x, lora)
+    h, ca = ACT[activation][0](a)
+    y, c2 = dense_forward(p, prefix + "w2", h, lora)
+    return y, (activation, c1, ca, c2)
+
+
+def ffn_backward(dy, cache, grads: dict, frozen=frozenset()):
+    if cache[0] == "swiglu":
+        _, c1, c3, cs, sg, u, c2 = cache
+        dh = dense_backward(dy, c2, grads, frozen)
+        dg = silu_backward(dh * u, cs)
+        return dense_backward(dg, c1, grads, frozen) + dense_backward(dh * sg, c3, grads, frozen)
+    activation, c1, ca, c2 = cache
+    dh = dense_backward(dy, c2, grads, frozen)
+    return dense_backward(ACT[activation][1](dh, ca), c1, grads, frozen)

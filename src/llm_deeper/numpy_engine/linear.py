@@ -1,0 +1,71 @@
+"""Linear layer `y = x @ W.T + b` (W stored (out, in) as in PyTorch), with optional LoRA.
+
+    dx = dy @ W,   dW = dy^T x,   db = sum(dy)
+
+LoRA (Hu et al. 2021) adds a trainable low-rank path beside the frozen W:
+    y = x W^T + s * (x A^T) B^T,   A: (r, in), B: (out, r), s = alpha / r
+    h = x A^T;   dB = s * dy^T h;   dh = s * dy B;   dA = dh^T x;   dx += dh A
+B starts at zero, so training starts from exactly the base model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def linear_forward(x, w, b=None, lora=None):
+    y = x @ w.T
+    if b is not None:
+        y = y + b
+    h = None
+    if lora is not None:
+        a, bb, scale = lora
+        h = x @ a.T  # (..., r)
+        y = y + scale * (h @ bb.T)
+    return y, (x, w, lora, h, b is not None)
+
+
+def linear_backward(dy, cache, need_w: bool = True):
+    """Returns dx, dW (None if frozen), db, (dA, dB) or None."""
+    x, w, lora, h, _ = cache
+    d_out, d_in = w.shape
+    dy2 = dy.reshape(-1, d_out)
+    x2 = x.reshape(-1, d_in)
+    dx = dy @ w
+    dw = dy2.T @ x2 if need_w else None
+    db = dy2.sum(0)
+    dlora = None
+    if lora is not None:
+        a, bb, scale = lora
+        h2 = h.reshape(-1, a.shape[0])
+        dB = scale * (dy2.T @ h2)
+        dh = scale * (dy @ bb)  # (..., r)
+        dA = dh.reshape(-1, a.shape[0]).T @ x2
+        dx = dx + dh @ a
+        dlora = (dA, dB)
+    return dx, dw, db, dlora
+
+
+def bias_name(weight_name: str) -> str:
+    """'h.0.attn.wq' -> 'h.0.attn.bq': every weight `w*` has its bias `b*` beside it."""
+    head, _, last = weight_name.rpartition(".")
+    return f"{head}.b{last[1:]}"
+
+
+def dense_forward(p: dict, name: str, x, lora: dict):
+    """The linear layer whose weight is p[name] (bias and LoRA looked up by name)."""
+    y, cache = linear_forward(x, p[name], p.get(bias_name(name)), lora.get(name))
+    return y, (name, cache)
+
+
+def dense_backward(dy, cache, grads: dict, frozen=frozenset()):
+    """Writes d(weight), d(bias) and LoRA gradients into `grads`; returns dx."""
+    name, c = cache
+    dx, dw, db, dlora = linear_backward(dy, c, need_w=name not in frozen)
+    if dw is not None:
+        grads[name] = dw
+    if c[4]:
+        grads[bias_name(name)] = db
+    if dlora is not None:
+        grads[name + ".lora_A"], grads[name + ".lora_B"] = dlora
+    return dx

@@ -1,0 +1,154 @@
+"""A decoder in PyTorch built from `ModelConfig`, parameter for parameter the NumPy engine's.
+
+`forward(params, cfg, ids)` is the whole model as one function of a name -> tensor mapping
+(the same names as `model.safetensors`), so tests can hand it leaf tensors and compare autograd's
+gradients with the NumPy engine's. `TorchGPT` wraps it as an `nn.Module` whose `state_dict()`
+keys are exactly those names.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype):
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    ang = positions.to(torch.float64)[:, None] * inv_freq[None, :]
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """Half-split pairing (Llama/HF): feature i rotates with feature i + head_dim/2."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def sinusoidal_table(n_pos: int, d: int, dtype, device=None):
+    pos = torch.arange(n_pos, dtype=torch.float64)[:, None]
+    inv = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    pe = torch.zeros(n_pos, d, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(pos * inv)
+    pe[:, 1::2] = torch.cos(pos * inv)
+    return pe.to(dtype=dtype, device=device)
+
+
+def _norm(cfg, x, p, name):
+    w, b = p[name + ".weight"], p.get(name + ".bias")
+    if cfg.norm == "layernorm":
+        return F.layer_norm(x, (x.shape[-1],), w, b, cfg.norm_eps)
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + cfg.norm_eps) * w
+
+
+def _linear(x, p, name, lora):
+    head, _, last = name.rpartition(".")
+    y = F.linear(x, p[name], p.get(f"{head}.b{last[1:]}"))
+    if name in lora:
+        y = y + lora[name] * F.linear(F.linear(x, p[name + ".lora_A"]), p[name + ".lora_B"])
+    return y
+
+
+def _attention(cfg, x, p, pre, rope, lora, use_sdpa, dropout, training):
+    B, T, _ = x.shape
+    H, KV, hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+    q = _linear(x, p, pre + "wq", lora).view(B, T, H, hd).transpose(1, 2)
+    k = _linear(x, p, pre + "wk", lora).view(B, T, KV, hd).transpose(1, 2)
+    v = _linear(x, p, pre + "wv", lora).view(B, T, KV, hd).transpose(1, 2)
+    if rope is not None:
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    if KV != H:  # each K/V head serves H/KV query heads
+        k = k.repeat_interleave(H // KV, dim=1)
+        v = v.repeat_interleave(H // KV, dim=1)
+    p_drop = dropout if training else 0.0
+    if use_sdpa:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p_drop)
+    else:
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
+        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+        att = att.masked_fill(mask, float("-inf")).softmax(-1)
+        att = F.dropout(att, p_drop, training)
+        out = att @ v
+    out = out.transpose(1, 2).reshape(B, T, H * hd)
+    return _linear(out, p, pre + "wo", lora)
+
+
+def _ffn(cfg, x, p, pre, lora):
+    if cfg.activation == "swiglu":
+        h = F.silu(_linear(x, p, pre + "w1", lora)) * _linear(x, p, pre + "w3", lora)
+    elif cfg.activation == "gelu":
+        h = F.gelu(_linear(x, p, pre + "w1", lora), approximate="tanh")
+    else:
+        h = F.relu(_linear(x, p, pre + "w1", lora))
+    return _linear(h, p, pre + "w2", lora)
+
+
+def forward(params, cfg: ModelConfig, ids, targets=None, *, lora: dict | None = None,
+            use_sdpa: bool = False, training: bool = False):
+    """Returns (logits, loss or None). `lora` maps weight names to their scale alpha/r."""
+    lora = lora or {}
+    p = params
+    B, T = ids.shape
+    x = p["wte"][ids]
+    dt, dev = x.dtype, x.device
+    if cfg.position == "learned":
+        x = x + p["wpe"][:T]
+    elif cfg.position == "sinusoidal":
+        x = x + sinusoidal_table(T, cfg.d_model, dt, dev)
+    drop = cfg.dropout
+    x = F.dropout(x, drop, training)
+    rope = None
+    if cfg.position == "rope":
+        cos, sin = rope_cos_sin(torch.arange(T), cfg.head_dim, cfg.rope_theta, dt)
+        rope = (cos.to(dev), sin.to(dev))
+    for i in range(cfg.n_layer):
+        pre = f"h.{i}."
+        a = _attention(cfg, _norm(cfg, x, p, pre + "norm1"), p, pre + "attn.", rope, lora,
+                       use_sdpa, drop, training)
+        x = x + F.dropout(a, drop, training)
+        f = _ffn(cfg, _norm(cfg, x, p, pre + "norm2"), p, pre + "ffn.", lora)
+        x = x + F.dropout(f, drop, training)
+    h = _norm(cfg, x, p, "norm_f")
+    logits = F.linear(h, p["wte"] if cfg.tie_embeddings else p["lm_head"])
+    loss = None
+    if targets is not None:
+        z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+        loss = F.cross_entropy(z.reshape(-1, z.shape[-1]),
+                               targets.reshape(-1), ignore_index=-100)
+    return logits, loss
+
+
+class _Params(nn.Module):
+    """Holds parameters at dotted paths ('h.0.attn.wq') as nested modules."""
+
+
+class TorchGPT(nn.Module):
+    def __init__(self, cfg: ModelConfig, params: dict | None = None, seed: int = 0,
+                 dtype=torch.float32):
+        super().__init__()
+        self.cfg = cfg
+        if params is None:
+            from ..numpy_engine.model import init_params
+
+            params = init_params(cfg, seed)
+        for name, value in params.items():
+            *path, last = name.split(".")
+            mod = self
+            for part in path:
+                if not hasattr(mod, part):
+                    mod.add_module(part, _Params())
+                mod = getattr(mod, part)
+            mod.register_parameter(last, nn.Parameter(torch.as_tensor(value).to(dtype).clone()))
+        self.use_sdpa = True
+
+    def param_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.named_parameters())
+
+    def forward(self, ids, targets=None):
+        return forward(self.param_dict(), self.cfg, ids, targets, use_sdpa=self.use_sdpa,
+                       training=self.training)

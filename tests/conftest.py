@@ -1,0 +1,37 @@
+import os
+
+import numpy as np
+import pytest
+
+
+def rel_err(ours, ref) -> float:
+    """max |ours - ref| / max |ref|, with a floor so exactly-zero gradients compare absolutely."""
+    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-12))
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    """An empty cache directory (nothing pulled)."""
+    monkeypatch.setenv("LLM_DEEPER_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def shakespeare_or_skip():
+    from llm_deeper.data import shakespeare
+
+    if not shakespeare.is_cached():
+        pytest.skip("Shakespeare not cached: run 'llm-deeper data pull shakespeare'")
+
+
+def smollm2_or_skip():
+    from llm_deeper import models
+
+    if not models.is_cached("smollm2-135m"):
+        pytest.skip("SmolLM2 not cached: run 'llm-deeper models pull smollm2-135m'")
+    return models.model_path("smollm2-135m")
+
+
+# Tests must never reach a model or dataset hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
