@@ -6,5 +6,8 @@ Every backward is checked against PyTorch autograd in float64 (tests/test_numpy_
 """
 
 from .model import GPT, KVCache
+from .speed import tune_malloc
+
+tune_malloc()
 
 __all__ = ["GPT", "KVCache"]

@@ -46,7 +46,7 @@ def attention_forward(p: dict, prefix: str, x, cfg, rope=None, lora=None, cache=
     S_len = k.shape[2]
     qg = q.reshape(B, KV, G, T, hd)
     kg, vg = k[:, :, None], v[:, :, None]  # (B, KV, 1, S, hd): broadcast over the group
-    scale = 1.0 / np.sqrt(hd)
+    scale = 1.0 / float(np.sqrt(hd))  # a Python float: an np.float64 would promote float32 to float64
     scores = (qg @ kg.swapaxes(-1, -2)) * scale  # (B, KV, G, T, S)
     # query t (absolute position pos0 + t) sees keys 0..pos0 + t
     mask = np.arange(S_len)[None, :] > (pos0 + np.arange(T))[:, None]

@@ -14,34 +14,37 @@ import numpy as np
 
 
 def linear_forward(x, w, b=None, lora=None):
-    y = x @ w.T
+    # Flatten the leading axes first: one (B*T, in) x (in, out) GEMM is far faster than NumPy's
+    # batched matmul over B separate (T, in) matrices.
+    lead = x.shape[:-1]
+    y = (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*lead, w.shape[0])
     if b is not None:
         y = y + b
     h = None
     if lora is not None:
         a, bb, scale = lora
         h = x @ a.T  # (..., r)
-        y = y + scale * (h @ bb.T)
+        y = y + (scale * h) @ bb.T
     return y, (x, w, lora, h, b is not None)
 
 
 def linear_backward(dy, cache, need_w: bool = True):
     """Returns dx, dW (None if frozen), db, (dA, dB) or None."""
-    x, w, lora, h, _ = cache
+    x, w, lora, h, has_bias = cache
     d_out, d_in = w.shape
     dy2 = dy.reshape(-1, d_out)
     x2 = x.reshape(-1, d_in)
-    dx = dy @ w
+    dx = (dy2 @ w).reshape(x.shape)
     dw = dy2.T @ x2 if need_w else None
-    db = dy2.sum(0)
+    db = dy2.sum(0) if has_bias else None
     dlora = None
     if lora is not None:
         a, bb, scale = lora
         h2 = h.reshape(-1, a.shape[0])
         dB = scale * (dy2.T @ h2)
-        dh = scale * (dy @ bb)  # (..., r)
-        dA = dh.reshape(-1, a.shape[0]).T @ x2
-        dx = dx + dh @ a
+        dh = scale * (dy2 @ bb)  # (B*T, r)
+        dA = dh.T @ x2
+        dx = dx + (dh @ a).reshape(x.shape)
         dlora = (dA, dB)
     return dx, dw, db, dlora
 
