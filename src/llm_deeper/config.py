@@ -130,19 +130,20 @@ def _prod(shape) -> int:
 # Char-level presets assume the works corpus (84 characters); training replaces vocab_size
 # with the tokenizer's. Parameter counts below are with that vocabulary.
 PRESETS: dict[str, dict] = {
-    # 2,453 parameters: big enough to learn to sort short digit lists (see toy.py).
-    "tinygpt": dict(vocab_size=5, context_length=11, n_layer=1, n_head=2, d_model=16, d_ff=40,
-                    norm="layernorm", activation="gelu", position="learned", bias=False),
+    # 2,453 parameters, enough to learn to sort 9 digits from {0, 1, 2} (toy.py): the input
+    # and its sorted copy make 18 tokens, so the context is 17.
+    "tinygpt": dict(vocab_size=3, context_length=17, n_layer=1, n_head=2, d_model=10, d_ff=83,
+                    norm="layernorm", activation="gelu", position="learned", bias=True),
     # nanoGPT's CPU config (BENCHMARKS.md): 0.80M parameters.
     "baby": dict(vocab_size=84, context_length=64, n_layer=4, n_head=4, d_model=128,
                  norm="layernorm", activation="gelu", position="learned", bias=False),
-    # A Llama-style sibling: RoPE, RMSNorm, SwiGLU, grouped-query attention, ~0.5M.
+    # Llama-style siblings: RoPE, RMSNorm, SwiGLU, grouped-query attention.
     "small": dict(vocab_size=84, context_length=128, n_layer=4, n_head=4, n_kv_head=2,
-                  d_model=96, d_ff=256, norm="rmsnorm", activation="swiglu", position="rope"),
-    "medium": dict(vocab_size=84, context_length=128, n_layer=6, n_head=6, n_kv_head=2,
-                   d_model=168, d_ff=448, norm="rmsnorm", activation="swiglu", position="rope"),
+                  d_model=112, d_ff=288, norm="rmsnorm", activation="swiglu", position="rope"),
+    "medium": dict(vocab_size=84, context_length=128, n_layer=6, n_head=4, n_kv_head=2,
+                   d_model=176, d_ff=464, norm="rmsnorm", activation="swiglu", position="rope"),
     "large": dict(vocab_size=84, context_length=256, n_layer=8, n_head=8, n_kv_head=4,
-                  d_model=288, d_ff=768, norm="rmsnorm", activation="swiglu", position="rope"),
+                  d_model=304, d_ff=800, norm="rmsnorm", activation="swiglu", position="rope"),
     # nanoGPT's GPU config: 10.65M parameters.
     "shakespeare-char": dict(vocab_size=84, context_length=256, n_layer=6, n_head=6, d_model=384,
                              norm="layernorm", activation="gelu", position="learned",

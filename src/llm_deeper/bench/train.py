@@ -1,0 +1,103 @@
+"""`llm-deeper bench train`: training tokens/s of the NumPy engine and of the PyTorch engine on
+the same model (the **baby** config by default), in the same run, and MFU against a measured
+matmul peak.
+
+A step is what training does: forward, backward, global-norm clipping and an AdamW update.
+Both engines start from the same weights and see the same batches. FLOPs per token follow
+Kaplan et al./PaLM: 6 x (matmul parameters, LM head included) + 12 x n_layer x T x d_model for
+attention scores and values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import preset
+from ..errors import UserError
+from .common import alternate, json_line, matmul_peak_gflops, median
+
+
+def flops_per_token(cfg) -> float:
+    from ..numpy_engine.model import param_shapes
+
+    matmul = sum(int(np.prod(s)) for k, s in param_shapes(cfg).items()
+                 if len(s) == 2 and k not in ("wte", "wpe"))
+    matmul += cfg.vocab_size * cfg.d_model  # the LM head, tied or not
+    return 6.0 * matmul + 12.0 * cfg.n_layer * cfg.context_length * cfg.d_model
+
+
+def run(preset_name: str = "baby", batch_size: int = 12, rounds: int = 5,
+        steps_per_round: int = 6, torch_threads: int | None = None, log=print) -> dict:
+    from ..numpy_engine.model import GPT
+    from ..numpy_engine.optim import AdamW, clip_grad_norm
+
+    try:
+        import torch
+    except ImportError:
+        raise UserError("bench train compares with PyTorch; install it with "
+                        "'uv sync --extra torch' (or pip install torch).") from None
+    from ..torch_engine.model import TorchGPT
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    cfg = preset(preset_name, dropout=0.0)
+    B, T = batch_size, cfg.context_length
+    rng = np.random.default_rng(0)
+    batches = [(rng.integers(0, cfg.vocab_size, (B, T)), rng.integers(0, cfg.vocab_size, (B, T)))
+               for _ in range(8)]
+    np_model = GPT(cfg, seed=0)
+    opt = AdamW(np_model.params, list(np_model.params), lr=1e-3, betas=(0.9, 0.99))
+    t_model = TorchGPT(cfg, {k: v.copy() for k, v in np_model.params.items()})
+    t_opt = torch.optim.AdamW(t_model.parameters(), lr=1e-3, betas=(0.9, 0.99),
+                              weight_decay=0.1)
+    t_batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
+    k = {"numpy": 0, "torch": 0}
+
+    def np_step():
+        x, y = batches[k["numpy"] % len(batches)]
+        k["numpy"] += 1
+        _, grads = np_model.loss_and_grads(x, y)
+        clip_grad_norm(grads, 1.0)
+        opt.step(grads)
+
+    def torch_step():
+        x, y = t_batches[k["torch"] % len(t_batches)]
+        k["torch"] += 1
+        _, loss = t_model(x, y)
+        t_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(t_model.parameters(), 1.0)
+        t_opt.step()
+
+    log(f"bench train: {preset_name} ({cfg.n_params():,} parameters), batch {B} x {T} tokens, "
+        f"{rounds} alternating rounds of {steps_per_round} steps; torch threads "
+        f"{torch.get_num_threads()}")
+    alternate({"numpy": np_step, "torch": torch_step}, 1, 3)  # warm-up
+    times = alternate({"numpy": np_step, "torch": torch_step}, rounds, steps_per_round)
+    peak = matmul_peak_gflops()
+    peak_best = max(peak.values())
+    fpt = flops_per_token(cfg)
+    rows = {}
+    for name, ts in times.items():
+        step = median(ts)
+        tps = B * T / step
+        rows[name] = {"ms_per_step": 1e3 * step, "tokens_per_s": tps,
+                      "mfu": fpt * tps / (peak_best * 1e9)}
+    ratio = rows["numpy"]["tokens_per_s"] / rows["torch"]["tokens_per_s"]
+    log(f"{'engine':<8}{'ms/step':>10}{'tokens/s':>12}{'MFU':>8}")
+    for name, r in rows.items():
+        log(f"{name:<8}{r['ms_per_step']:>10.1f}{r['tokens_per_s']:>12,.0f}{100 * r['mfu']:>7.1f}%")
+    log(f"NumPy / PyTorch tokens/s: {ratio:.2f}x   (matmul peak: "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items())
+        + f"; {fpt / 1e6:.2f} MFLOP per token)")
+    result = {"bench": "train", "preset": preset_name, "batch_size": B, "context_length": T,
+              "numpy_tokens_per_s": round(rows["numpy"]["tokens_per_s"], 1),
+              "torch_tokens_per_s": round(rows["torch"]["tokens_per_s"], 1),
+              "ratio_numpy_over_torch": round(ratio, 3),
+              "numpy_ms_per_step": round(rows["numpy"]["ms_per_step"], 2),
+              "torch_ms_per_step": round(rows["torch"]["ms_per_step"], 2),
+              "mfu_numpy": round(rows["numpy"]["mfu"], 4), "mfu_torch": round(rows["torch"]["mfu"], 4),
+              "matmul_peak_gflops": {k: round(v, 1) for k, v in peak.items()},
+              "torch_threads": torch.get_num_threads()}
+    log(json_line(result))
+    return result

