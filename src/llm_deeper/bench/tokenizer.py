@@ -1,0 +1,66 @@
+"""`llm-deeper bench tokenizer`: our byte-level BPE against HF `tokenizers` (Rust) on the works
+corpus, in the same run.
+
+* encode: SmolLM2's vocabulary, the whole corpus as one string, fresh tokenizers (no warm cache);
+  the ids must be identical, then MB/s of each.
+* train: a 1,024-token vocabulary with the GPT-4 pattern, ours vs HF's BpeTrainer (whose
+  tie-breaking differs, so only the times compare).
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import UserError
+from .common import json_line
+
+
+def run(data: str = "works", vocab_size: int = 1024, log=print) -> dict:
+    try:
+        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    except ImportError:
+        raise UserError("bench tokenizer compares with HF tokenizers; install it with "
+                        "'uv sync --extra hf'.") from None
+    from .. import models as registry
+    from ..data import load_text
+    from ..tokenizers import BPETokenizer, from_gguf
+    from ..tokenizers.pretokenize import GPT4_PATTERN
+
+    text = load_text(data)
+    mb = len(text.encode("utf-8")) / 1e6
+    gguf = registry.require("smollm2-135m")
+    ours = from_gguf(gguf)
+    hf = Tokenizer.from_str(ours.to_json())
+    t0 = time.perf_counter()
+    ours_ids = ours.encode(text)
+    t_ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    hf_ids = hf.encode(text, add_special_tokens=False).ids
+    t_hf = time.perf_counter() - t0
+    identical = ours_ids == hf_ids
+    log(f"encode {data} ({mb:.2f} MB, {len(ours_ids):,} tokens, SmolLM2 vocabulary): "
+        f"ours {mb / t_ours:.2f} MB/s, HF tokenizers {mb / t_hf:.2f} MB/s, "
+        f"ratio {t_hf / t_ours:.3f}x, identical ids: {identical}")
+
+    t0 = time.perf_counter()
+    BPETokenizer.train(text, vocab_size, "gpt4")
+    tr_ours = time.perf_counter() - t0
+    hf_new = Tokenizer(models.BPE())
+    hf_new.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(pattern=__import__("tokenizers").Regex(GPT4_PATTERN),
+                             behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    t0 = time.perf_counter()
+    hf_new.train_from_iterator([text], trainer)
+    tr_hf = time.perf_counter() - t0
+    log(f"train {vocab_size} tokens on {data}: ours {tr_ours:.2f} s, HF tokenizers {tr_hf:.2f} s "
+        f"(ratio {tr_hf / tr_ours:.3f}x)")
+    result = {"bench": "tokenizer", "data": data, "megabytes": round(mb, 3),
+              "encode_mb_s_ours": round(mb / t_ours, 3), "encode_mb_s_hf": round(mb / t_hf, 3),
+              "encode_ratio_ours_over_hf": round(t_hf / t_ours, 4), "identical_ids": identical,
+              "train_vocab_size": vocab_size, "train_s_ours": round(tr_ours, 2),
+              "train_s_hf": round(tr_hf, 2)}
+    log(json_line(result))
+    return result

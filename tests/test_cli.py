@@ -1,0 +1,97 @@
+"""The command line end to end, as a user runs it (subprocesses, exit codes, files)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TEXT = "".join(f"Line {i}: the quick brown fox jumps over the lazy dog {i % 7}.\n"
+               for i in range(400))
+
+
+def cli(*args, cwd, input=None, check=True):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run([sys.executable, "-m", "llm_deeper", *args], cwd=cwd, input=input,
+                       capture_output=True, text=True, env=env, timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"exit {r.returncode}: {r.stderr[-2000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    (d / "text.txt").write_text(TEXT)
+    cli("train", "--preset", "small", "--data", "text.txt", "--steps", "30", "--out", "ck",
+        "--context-length", "32", "--d-model", "32", "--n-layer", "2", "--eval-interval", "10",
+        "--eval-iters", "2", "--no-progress", cwd=d)
+    return d
+
+
+def test_train_writes_a_full_checkpoint(run_dir):
+    ck = run_dir / "ck"
+    for f in ("config.json", "model.safetensors", "optimizer.safetensors", "tokenizer.json",
+              "trainer_state.json", "loss_curve.png"):
+        assert (ck / f).is_file(), f
+    state = json.loads((ck / "trainer_state.json").read_text())
+    assert state["step"] == 30 and len(state["history"]["val"]) == 3
+
+
+def test_generate_and_interactive(run_dir):
+    r = cli("generate", "--checkpoint", "ck", "--prompt", "Line 1", "--max-tokens", "20",
+            "--temperature", "0", cwd=run_dir)
+    assert r.stdout.startswith("Line 1") and len(r.stdout.strip()) >= 20
+    again = cli("generate", "--checkpoint", "ck", "--prompt", "Line 1", "--max-tokens", "20",
+                "--temperature", "0", "--no-cache", cwd=run_dir)
+    assert again.stdout == r.stdout  # the cache changes speed, not text
+    r = cli("generate", "--checkpoint", "ck", "--interactive", "--max-tokens", "5", "--seed", "1",
+            cwd=run_dir, input="Line\nthe\n\n")
+    assert r.stdout.count("> ") >= 2
+
+
+def test_finetune_lora_and_merge(run_dir):
+    (run_dir / "other.txt").write_text(TEXT.upper().replace("LINE", "Line"))
+    r = cli("finetune", "--checkpoint", "ck", "--data", "text.txt", "--method", "lora",
+            "--steps", "20", "--out", "ft", "--merge", "merged", "--no-progress",
+            "--targets", "all-linear", cwd=run_dir)
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert 0 < summary["trainable_share"] < 0.5
+    assert summary["val_loss_after"] < summary["val_loss_before"]
+    assert (run_dir / "ft" / "adapter" / "adapter_model.safetensors").is_file()
+    g1 = cli("generate", "--checkpoint", "ck", "--adapter", "ft/adapter", "--prompt", "Line",
+             "--temperature", "0", "--max-tokens", "15", cwd=run_dir).stdout
+    g2 = cli("generate", "--checkpoint", "merged", "--prompt", "Line", "--temperature", "0",
+             "--max-tokens", "15", cwd=run_dir).stdout
+    assert g1 == g2  # base + adapter == merged model
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--preset", "nope"], "unknown preset"),
+    (["train", "--n-head", "5", "--data", "text.txt"], "not divisible by n_head"),
+    (["generate", "--checkpoint", "missing"], "no checkpoint at"),
+    (["train", "--data", "text.txt", "--context-length", "4000"], "fewer than context_length"),
+    (["generate", "--checkpoint", "ck", "--top-p", "2"], "top_p"),
+])
+def test_bad_input_is_one_sentence_and_exit_2(run_dir, args, message):
+    r = cli(*args, "--out", "fresh-out", cwd=run_dir, check=False) if args[0] == "train" else \
+        cli(*args, cwd=run_dir, check=False)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_existing_run_is_not_overwritten(run_dir):
+    before = (run_dir / "ck" / "model.safetensors").read_bytes()
+    r = cli("train", "--data", "text.txt", "--out", "ck", cwd=run_dir, check=False)
+    assert r.returncode == 2 and "--resume" in r.stderr
+    assert (run_dir / "ck" / "model.safetensors").read_bytes() == before
+
+
+def test_bench_train_ends_with_a_json_line(tmp_path):
+    r = cli("bench", "train", "--rounds", "1", "--steps-per-round", "1", cwd=tmp_path)
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["bench"] == "train" and result["numpy_tokens_per_s"] > 0
+    assert result["ratio_numpy_over_torch"] > 0 and 0 < result["mfu_numpy"] < 1
