@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="llm-deeper", description="Learn LLMs by running them.")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="train a small GPT on Shakespeare, sample, explain (~2 min)")
+    p = sub.add_parser("demo", help="train a small GPT on Shakespeare, sample, explain (~2-3 min)")
     p.add_argument("--full", action="store_true", help="the baby config for 2,000 steps")
     p.add_argument("--out", default="runs/demo")
 

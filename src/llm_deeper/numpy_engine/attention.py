@@ -47,18 +47,34 @@ def attention_forward(p: dict, prefix: str, x, cfg, rope=None, lora=None, cache=
     qg = q.reshape(B, KV, G, T, hd)
     kg, vg = k[:, :, None], v[:, :, None]  # (B, KV, 1, S, hd): broadcast over the group
     scale = 1.0 / float(np.sqrt(hd))  # a Python float: an np.float64 would promote float32 to float64
-    scores = (qg @ kg.swapaxes(-1, -2)) * scale  # (B, KV, G, T, S)
-    # query t (absolute position pos0 + t) sees keys 0..pos0 + t
-    mask = np.arange(S_len)[None, :] > (pos0 + np.arange(T))[:, None]
-    scores = np.where(mask, -np.inf, scores)
-    scores = scores - scores.max(-1, keepdims=True)
-    probs = np.exp(scores)
+    scores = qg @ kg.swapaxes(-1, -2)  # (B, KV, G, T, S)
+    scores *= scale
+    scores += _causal_bias(T, S_len, pos0, scores.dtype)  # query t sees keys 0..pos0 + t
+    # softmax over keys, in place (this layer is bound by memory traffic, not arithmetic)
+    scores -= scores.max(-1, keepdims=True)
+    probs = np.exp(scores, out=scores)
     probs /= probs.sum(-1, keepdims=True)
     probs_d, dmask = dropout_forward(probs, cfg.dropout, rng)
     out = probs_d @ vg  # (B, KV, G, T, hd)
     out = out.reshape(B, H, T, hd).transpose(0, 2, 1, 3).reshape(B, T, H * hd)
     y, co = dense_forward(p, prefix + "wo", out, lora)
     return y, (cq, ck, cv, co, qg, kg, vg, probs, probs_d, dmask, rope, scale)
+
+
+_BIAS: dict = {}
+
+
+def _causal_bias(T: int, S: int, pos0: int, dtype) -> np.ndarray:
+    """(T, S) additive mask: 0 where query pos0 + t may see key s (s <= pos0 + t), -inf after."""
+    key = (T, S, pos0, np.dtype(dtype).str)
+    bias = _BIAS.get(key)
+    if bias is None:
+        if len(_BIAS) > 256:
+            _BIAS.clear()
+        future = np.arange(S)[None, :] > (pos0 + np.arange(T))[:, None]
+        bias = np.where(future, -np.inf, 0.0).astype(dtype)
+        _BIAS[key] = bias
+    return bias
 
 
 def attention_backward(dy, cache, grads: dict, cfg, frozen=frozenset()):
@@ -70,7 +86,11 @@ def attention_backward(dy, cache, grads: dict, cfg, frozen=frozenset()):
     dprobs_d = dout @ vg.swapaxes(-1, -2)  # (B, KV, G, T, S)
     dv = (probs_d.swapaxes(-1, -2) @ dout).sum(2)  # (B, KV, S, hd)
     dprobs = dropout_backward(dprobs_d, dmask)
-    dscores = probs * (dprobs - (dprobs * probs).sum(-1, keepdims=True)) * scale
+    # dS = P * (dP - rowsum(dP * P)) * scale, in place on dP
+    dscores = dprobs  # a fresh array (dO V^T, or its masked copy): ours to overwrite
+    dscores -= (dprobs * probs).sum(-1, keepdims=True)
+    dscores *= probs
+    dscores *= scale
     dq = (dscores @ kg).reshape(B, H, T, hd)
     dk = (dscores.swapaxes(-1, -2) @ qg).sum(2)  # (B, KV, S, hd)
     if rope is not None:
