@@ -1,0 +1,81 @@
+# %% [markdown]
+# # Attention by hand
+#
+# Four tokens, model width 4, one head. Attention lets each position build its output as a
+# weighted average of the *values* of the positions it may see, with weights from how well its
+# *query* matches their *keys*:
+#
+# $$\mathrm{Attention}(Q, K, V) = \mathrm{softmax}\!\left(\frac{QK^\top}{\sqrt{d}} + M\right) V$$
+#
+# where $M$ is 0 where a query may look and $-\infty$ where it may not (the future).
+
+# %%
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import check  # noqa: E402
+
+from llm_deeper.config import ModelConfig  # noqa: E402
+from llm_deeper.numpy_engine.attention import attention_forward  # noqa: E402
+
+np.set_printoptions(precision=3, suppress=True)
+rng = np.random.default_rng(0)
+T, d = 4, 4
+x = rng.normal(size=(T, d)).round(2)
+Wq, Wk, Wv = (rng.normal(size=(d, d)).round(2) * 0.5 for _ in range(3))
+print("x (4 tokens x 4 features):\n", x)
+
+# %% [markdown]
+# ## 1. Project to queries, keys and values (PyTorch layout: y = x W^T)
+
+# %%
+Q, K, V = x @ Wq.T, x @ Wk.T, x @ Wv.T
+print("Q:\n", Q)
+
+# %% [markdown]
+# ## 2. Scores: every query against every key, scaled by sqrt(d)
+# Without the scale, the dot products of d-dimensional vectors grow like sqrt(d) and push the
+# softmax into saturation, where its gradient vanishes.
+
+# %%
+S = Q @ K.T / np.sqrt(d)
+print("scores QK^T/sqrt(d):\n", S)
+
+# %% [markdown]
+# ## 3. Causal mask and softmax: row t sees positions 0..t only
+
+# %%
+mask = np.triu(np.full((T, T), -np.inf), k=1)
+P = np.exp(S + mask - (S + mask).max(-1, keepdims=True))
+P /= P.sum(-1, keepdims=True)
+print("attention weights (rows sum to 1, zeros above the diagonal):\n", P)
+check("rows sum to one", np.allclose(P.sum(-1), 1))
+check("no weight on the future", np.all(P[np.triu_indices(T, 1)] == 0))
+
+# %% [markdown]
+# ## 4. Weighted average of the values, and the same thing from the package
+
+# %%
+O = P @ V
+print("output (before the output projection):\n", O)
+cfg = ModelConfig(vocab_size=2, context_length=T, n_layer=1, n_head=1, d_model=d)
+params = {"a.wq": Wq, "a.wk": Wk, "a.wv": Wv, "a.wo": np.eye(d)}
+y, _ = attention_forward(params, "a.", x[None], cfg)
+check("numpy_engine.attention gives the same output", np.allclose(y[0], O))
+
+# %% [markdown]
+# ## 5. Several heads, and grouped-query attention
+# With 4 query heads the model width splits into 4 slices of head_dim = d / 4; each head attends
+# on its own. Grouped-query attention (GQA) gives fewer key/value heads than query heads; each
+# K/V head serves a group. The KV cache of a decoder stores K and V, so its size per token is
+# 2 x n_layer x n_kv_head x head_dim numbers:
+
+# %%
+for name, n_kv in (("MHA", 32), ("GQA", 8), ("MQA", 1)):
+    per_token = 2 * 32 * n_kv * 128 * 2  # 32 layers, head_dim 128, 2 bytes (bf16)
+    print(f"  {name}: n_head 32, n_kv_head {n_kv:>2}: KV cache {per_token / 1024:.0f} KiB per token "
+          f"(a 7B Llama-like shape)")
+check("GQA with 8 KV heads stores 4x less than MHA", 32 / 8 == 4)

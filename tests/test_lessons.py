@@ -1,0 +1,28 @@
+"""Every lesson runs as a script (quick mode) and its own checks pass."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import shakespeare_or_skip
+
+LESSONS = sorted((Path(__file__).parents[1] / "lessons").glob("[0-9]*/*.py"))
+
+
+def test_lessons_exist():
+    assert len(LESSONS) >= 5
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_lesson_runs_and_its_checks_pass(lesson, tmp_path):
+    if "train_sample" in lesson.name:
+        shakespeare_or_skip()
+    env = {**os.environ, "LLM_DEEPER_QUICK": "1", "LLM_DEEPER_LESSONS_OUT": str(tmp_path),
+           "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run([sys.executable, str(lesson)], capture_output=True, text=True, env=env,
+                       cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stdout.count("check:") >= 1 and "FAILED" not in r.stdout
