@@ -29,9 +29,14 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> dict:
 
 
 def _time(fn) -> float:
+    return timed(fn)[1]
+
+
+def timed(fn):
+    """(fn(), seconds it took)."""
     t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    out = fn()
+    return out, time.perf_counter() - t0
 
 
 def alternate(fns: dict, rounds: int, steps_per_round: int) -> dict[str, list[float]]:

@@ -9,15 +9,13 @@ corpus, in the same run.
 
 from __future__ import annotations
 
-import time
-
 from ..errors import UserError
-from .common import json_line
+from .common import json_line, timed
 
 
 def run(data: str = "works", vocab_size: int = 1024, log=print) -> dict:
     try:
-        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+        from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
     except ImportError:
         raise UserError("bench tokenizer compares with HF tokenizers; install it with "
                         "'uv sync --extra hf'.") from None
@@ -31,12 +29,8 @@ def run(data: str = "works", vocab_size: int = 1024, log=print) -> dict:
     gguf = registry.require("smollm2-135m")
     ours = from_gguf(gguf)
     hf = Tokenizer.from_str(ours.to_json())
-    t0 = time.perf_counter()
-    ours_ids = ours.encode(text)
-    t_ours = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    hf_ids = hf.encode(text, add_special_tokens=False).ids
-    t_hf = time.perf_counter() - t0
+    ours_ids, t_ours = timed(lambda: ours.encode(text))
+    hf_ids, t_hf = timed(lambda: hf.encode(text, add_special_tokens=False).ids)
     identical = ours_ids == hf_ids
     log(f"encode {data} as one string ({mb:.2f} MB, {len(ours_ids):,} tokens, SmolLM2 "
         f"vocabulary): ours {mb / t_ours:.2f} MB/s, HF tokenizers {mb / t_hf:.2f} MB/s, "
@@ -44,30 +38,22 @@ def run(data: str = "works", vocab_size: int = 1024, log=print) -> dict:
     # Line by line: HF's encode_batch uses every core (Rust threads); ours is one Python thread.
     lines = text.splitlines()
     fresh = from_gguf(gguf)
-    t0 = time.perf_counter()
-    ours_lines = [fresh.encode(line) for line in lines]
-    l_ours = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    hf_lines = [e.ids for e in hf.encode_batch(lines, add_special_tokens=False)]
-    l_hf = time.perf_counter() - t0
+    ours_lines, l_ours = timed(lambda: [fresh.encode(line) for line in lines])
+    hf_lines, l_hf = timed(lambda: [e.ids for e in hf.encode_batch(lines, add_special_tokens=False)])
     identical_lines = ours_lines == hf_lines
     log(f"encode {data} line by line ({len(lines):,} lines): ours {mb / l_ours:.2f} MB/s, "
         f"HF tokenizers encode_batch {mb / l_hf:.2f} MB/s, ratio {l_hf / l_ours:.3f}x, "
         f"identical ids: {identical_lines}")
 
-    t0 = time.perf_counter()
-    BPETokenizer.train(text, vocab_size, "gpt4")
-    tr_ours = time.perf_counter() - t0
+    _, tr_ours = timed(lambda: BPETokenizer.train(text, vocab_size, "gpt4"))
     hf_new = Tokenizer(models.BPE())
     hf_new.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(pattern=__import__("tokenizers").Regex(GPT4_PATTERN),
+        pre_tokenizers.Split(pattern=Regex(GPT4_PATTERN),
                              behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    t0 = time.perf_counter()
-    hf_new.train_from_iterator([text], trainer)
-    tr_hf = time.perf_counter() - t0
+    _, tr_hf = timed(lambda: hf_new.train_from_iterator([text], trainer))
     log(f"train {vocab_size} tokens on {data}: ours {tr_ours:.2f} s, HF tokenizers {tr_hf:.2f} s "
         f"(ratio {tr_hf / tr_ours:.3f}x)")
     result = {"bench": "tokenizer", "data": data, "megabytes": round(mb, 3),
