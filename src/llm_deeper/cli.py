@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="recompute everything every token")
     _add_sampling(p)
 
+    p = sub.add_parser("chat", help="multi-turn chat with a pretrained model in the terminal")
+    p.add_argument("--model", default="smollm2-135m", help="registry name or a GGUF path")
+    p.add_argument("--engine", choices=["numpy", "torch", "hf"], default="torch")
+    p.add_argument("--system", default=None, help="a system message")
+    _add_sampling(p)
+    p.set_defaults(temperature=0.0, max_tokens=256)
+
     p = sub.add_parser("finetune", help="full or LoRA fine-tuning of a checkpoint")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", default="sonnets")
@@ -147,6 +154,10 @@ def _dispatch(args) -> int | None:
         return _train(args)
     elif cmd == "generate":
         return _generate(args)
+    elif cmd == "chat":
+        from .chat import chat_loop
+
+        chat_loop(args.model, args.engine, _sampling(args), system=args.system)
     elif cmd == "finetune":
         from .workflows import finetune_run
 
@@ -204,16 +215,21 @@ def _train(args) -> int:
     return 130 if r["interrupted"] else 0
 
 
+def _sampling(args):
+    from .sampling import SamplingParams
+
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                          repetition_penalty=args.repetition_penalty, stop=args.stop,
+                          seed=args.seed)
+
+
 def _generate(args) -> int:
     from .numpy_engine.generate import stream
-    from .sampling import SamplingParams
     from .workflows import load_model
 
     model, tok = load_model(args.checkpoint, args.adapter)
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
-                            top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                            repetition_penalty=args.repetition_penalty, stop=args.stop,
-                            seed=args.seed)
+    params = _sampling(args)
 
     def run_one(prompt: str):
         sys.stdout.write(prompt)

@@ -1,4 +1,4 @@
-"""Autoregressive generation with a KV cache.
+"""Autoregressive generation with a KV cache (NumPy engine).
 
 Prefill: one forward pass over the prompt fills every layer's cache with its keys and values.
 Decode: each new token is a forward pass over one position that attends to the cache, so a
@@ -11,21 +11,16 @@ context_length - 1 tokens (what an uncached model does by cropping its input).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
-from ..errors import UserError
-from ..sampling import SamplingParams, StopStrings, sample_token
+from ..generation import Generation, run
+from ..generation import stream as _stream
+from ..sampling import SamplingParams
 from .model import GPT, KVCache
 
-
-@dataclass
-class Generation:
-    text: str
-    token_ids: list[int]
-    finish_reason: str  # "stop" (a stop string or end token) or "length"
+__all__ = ["Generation", "generate", "stream", "next_token_logits", "greedy_batch"]
 
 
 def next_token_logits(model: GPT, ids: list[int], use_cache: bool, state: dict) -> np.ndarray:
@@ -47,51 +42,16 @@ def next_token_logits(model: GPT, ids: list[int], use_cache: bool, state: dict) 
     return logits[0, -1]
 
 
-def generate(model: GPT, tokenizer, prompt: str, params: SamplingParams, use_cache: bool = True,
-             eos_id: int | None = None) -> Generation:
-    gen = stream(model, tokenizer, prompt, params, use_cache, eos_id)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value
-
-
 def stream(model: GPT, tokenizer, prompt: str, params: SamplingParams, use_cache: bool = True,
            eos_id: int | None = None) -> Iterator[str]:
-    """Yields text pieces as they are generated and returns (StopIteration.value) the
-    Generation; `generate()` is the non-streaming form."""
-    prompt_ids = tokenizer.encode(prompt)
-    if not prompt_ids:
-        raise UserError("the prompt is empty after tokenization; give at least one character.")
-    ids = list(prompt_ids)
-    rng = np.random.default_rng(params.seed)
-    stops = StopStrings(params.stop)
-    state: dict = {}
-    new: list[int] = []
-    finish, hit_stop_string = "length", False
-    for _ in range(params.max_tokens):
-        logits = next_token_logits(model, ids, use_cache, state)
-        tok = sample_token(logits, params, rng, ids)
-        if eos_id is not None and tok == eos_id:
-            finish = "stop"
-            break
-        ids.append(tok)
-        new.append(tok)
-        piece, stopped = stops.feed(tokenizer.decode(new))
-        if piece:
-            yield piece
-        if stopped:
-            finish, hit_stop_string = "stop", True
-            break
-    text = tokenizer.decode(new)
-    if hit_stop_string:
-        text = text[:stops.emitted]
-    else:
-        tail = stops.flush(text)
-        if tail:
-            yield tail
-    return Generation(text=text, token_ids=new, finish_reason=finish)
+    """Yields text pieces as they are generated (returns the Generation at the end)."""
+    return _stream(lambda ids, state: next_token_logits(model, ids, use_cache, state), tokenizer,
+                   tokenizer.encode(prompt), params, () if eos_id is None else (eos_id,))
+
+
+def generate(model: GPT, tokenizer, prompt: str, params: SamplingParams, use_cache: bool = True,
+             eos_id: int | None = None) -> Generation:
+    return run(stream(model, tokenizer, prompt, params, use_cache, eos_id))
 
 
 def greedy_batch(model: GPT, prompts: np.ndarray, n_new: int) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +22,19 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype):
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     ang = positions.to(torch.float64)[:, None] * inv_freq[None, :]
     return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+_ROPE: dict = {}
+
+
+def rope_table(cfg: ModelConfig, device, dtype):
+    """cos, sin for every position of the context: (context_length, head_dim // 2), cached."""
+    key = (cfg.head_dim, cfg.rope_theta, cfg.context_length, str(device), dtype)
+    if key not in _ROPE:
+        cos, sin = rope_cos_sin(torch.arange(cfg.context_length), cfg.head_dim, cfg.rope_theta,
+                                dtype)
+        _ROPE[key] = (cos.to(device), sin.to(device))
+    return _ROPE[key]
 
 
 def apply_rope(x, cos, sin):
@@ -54,7 +68,21 @@ def _linear(x, p, name, lora):
     return y
 
 
-def _attention(cfg, x, p, pre, rope, lora, use_sdpa, dropout, training):
+class KVCache:
+    """Keys and values of every layer: (n_layer, B, n_kv_head, max_len, head_dim), and how many
+    positions are filled."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int | None = None,
+                 dtype=torch.float32, device="cpu"):
+        n = max_len or cfg.context_length
+        shape = (cfg.n_layer, batch_size, cfg.n_kv_head, n, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len, self.pos = n, 0
+
+
+def _attention(cfg, x, p, pre, rope, lora, use_sdpa, dropout, training, cache=None, layer=0,
+               pos0=0):
     B, T, _ = x.shape
     H, KV, hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
     q = _linear(x, p, pre + "wq", lora).view(B, T, H, hd).transpose(1, 2)
@@ -62,16 +90,28 @@ def _attention(cfg, x, p, pre, rope, lora, use_sdpa, dropout, training):
     v = _linear(x, p, pre + "wv", lora).view(B, T, KV, hd).transpose(1, 2)
     if rope is not None:
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    if KV != H:  # each K/V head serves H/KV query heads
-        k = k.repeat_interleave(H // KV, dim=1)
-        v = v.repeat_interleave(H // KV, dim=1)
+    if cache is not None:  # write this step's keys/values, attend over everything so far
+        cache.k[layer, :, :, pos0:pos0 + T] = k
+        cache.v[layer, :, :, pos0:pos0 + T] = v
+        k, v = cache.k[layer, :, :, :pos0 + T], cache.v[layer, :, :, :pos0 + T]
+    S = k.shape[2]
     p_drop = dropout if training else 0.0
     if use_sdpa:
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p_drop)
+        kw = {"enable_gqa": True} if KV != H else {}
+        if T == 1 or (pos0 == 0 and T == S):  # one query sees all; or a plain causal square
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, dropout_p=p_drop, **kw)
+        else:
+            mask = torch.arange(S, device=x.device)[None, :] <= (
+                pos0 + torch.arange(T, device=x.device))[:, None]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop, **kw)
     else:
+        if KV != H:  # each K/V head serves H/KV query heads
+            k = k.repeat_interleave(H // KV, dim=1)
+            v = v.repeat_interleave(H // KV, dim=1)
         att = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
-        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
-        att = att.masked_fill(mask, float("-inf")).softmax(-1)
+        future = torch.arange(S, device=x.device)[None, :] > (
+            pos0 + torch.arange(T, device=x.device))[:, None]
+        att = att.masked_fill(future, float("-inf")).softmax(-1)
         att = F.dropout(att, p_drop, training)
         out = att @ v
     out = out.transpose(1, 2).reshape(B, T, H * hd)
@@ -89,30 +129,40 @@ def _ffn(cfg, x, p, pre, lora):
 
 
 def forward(params, cfg: ModelConfig, ids, targets=None, *, lora: dict | None = None,
-            use_sdpa: bool = False, training: bool = False):
-    """Returns (logits, loss or None). `lora` maps weight names to their scale alpha/r."""
+            use_sdpa: bool = False, training: bool = False, cache: KVCache | None = None):
+    """Returns (logits, loss or None). `lora` maps weight names to their scale alpha/r.
+
+    With a cache, `ids` continue the sequence at position cache.pos (and advance it)."""
     lora = lora or {}
     p = params
     B, T = ids.shape
+    pos0 = cache.pos if cache is not None else 0
+    if pos0 + T > cfg.context_length:
+        from ..errors import UserError
+
+        raise UserError(f"the sequence ({pos0 + T} tokens) is longer than the model's "
+                        f"context_length ({cfg.context_length}).")
     x = p["wte"][ids]
     dt, dev = x.dtype, x.device
     if cfg.position == "learned":
-        x = x + p["wpe"][:T]
+        x = x + p["wpe"][pos0:pos0 + T]
     elif cfg.position == "sinusoidal":
-        x = x + sinusoidal_table(T, cfg.d_model, dt, dev)
+        x = x + sinusoidal_table(pos0 + T, cfg.d_model, dt, dev)[pos0:]
     drop = cfg.dropout
     x = F.dropout(x, drop, training)
     rope = None
     if cfg.position == "rope":
-        cos, sin = rope_cos_sin(torch.arange(T), cfg.head_dim, cfg.rope_theta, dt)
-        rope = (cos.to(dev), sin.to(dev))
+        cos, sin = rope_table(cfg, dev, dt)
+        rope = (cos[pos0:pos0 + T], sin[pos0:pos0 + T])
     for i in range(cfg.n_layer):
         pre = f"h.{i}."
         a = _attention(cfg, _norm(cfg, x, p, pre + "norm1"), p, pre + "attn.", rope, lora,
-                       use_sdpa, drop, training)
+                       use_sdpa, drop, training, cache, i, pos0)
         x = x + F.dropout(a, drop, training)
         f = _ffn(cfg, _norm(cfg, x, p, pre + "norm2"), p, pre + "ffn.", lora)
         x = x + F.dropout(f, drop, training)
+    if cache is not None:
+        cache.pos += T
     h = _norm(cfg, x, p, "norm_f")
     logits = F.linear(h, p["wte"] if cfg.tie_embeddings else p["lm_head"])
     loss = None
@@ -143,12 +193,14 @@ class TorchGPT(nn.Module):
                 if not hasattr(mod, part):
                     mod.add_module(part, _Params())
                 mod = getattr(mod, part)
-            mod.register_parameter(last, nn.Parameter(torch.as_tensor(value).to(dtype).clone()))
+            tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value))
+            mod.register_parameter(last, nn.Parameter(tensor.to(dtype).clone()))
         self.use_sdpa = True
 
     def param_dict(self) -> dict[str, torch.Tensor]:
+        # Rebuilt each call: cheap next to a forward pass, and always current after .to().
         return dict(self.named_parameters())
 
-    def forward(self, ids, targets=None):
+    def forward(self, ids, targets=None, cache: KVCache | None = None):
         return forward(self.param_dict(), self.cfg, ids, targets, use_sdpa=self.use_sdpa,
-                       training=self.training)
+                       training=self.training, cache=cache)

@@ -1,0 +1,120 @@
+"""Real weights in and out: GGUF files (read with the `gguf` package) and HF directories.
+
+GGUF -> our names. llama.cpp's converter stores Llama's query and key projections with the rows
+of each head permuted so that RoPE rotates *adjacent* pairs (x0, x1), (x2, x3), ...; HF and this
+project rotate *half-split* pairs (x_i, x_{i + head_dim/2}). `unpermute_rope_rows` undoes that, so
+the dequantized matrices are exactly the ones transformers builds from the same file.
+
+    token_embd.weight        -> wte            blk.N.attn_norm.weight -> h.N.norm1.weight
+    blk.N.attn_q/k/v.weight  -> h.N.attn.wq/wk/wv   blk.N.attn_output.weight -> h.N.attn.wo
+    blk.N.ffn_norm.weight    -> h.N.norm2.weight    blk.N.ffn_gate/up/down.weight -> h.N.ffn.w1/w3/w2
+    output_norm.weight       -> norm_f.weight       output.weight -> lm_head (untied models)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import UserError
+
+GGUF_NAMES = {
+    "attn_norm.weight": "norm1.weight", "attn_q.weight": "attn.wq", "attn_k.weight": "attn.wk",
+    "attn_v.weight": "attn.wv", "attn_output.weight": "attn.wo", "ffn_norm.weight": "norm2.weight",
+    "ffn_gate.weight": "ffn.w1", "ffn_up.weight": "ffn.w3", "ffn_down.weight": "ffn.w2",
+}
+
+
+@dataclass
+class Pretrained:
+    config: ModelConfig
+    params: dict[str, np.ndarray]
+    tokenizer: object
+    chat_template: str | None = None
+    bos_id: int | None = None
+    eos_id: int | None = None
+    source: str = ""
+    metadata: dict = field(default_factory=dict)
+
+
+def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Rows of each head from adjacent-pair order (llama.cpp) to half-split order (HF)."""
+    out_f = w.shape[0]
+    hd = out_f // n_heads
+    return w.reshape(n_heads, hd // 2, 2, -1).transpose(0, 2, 1, 3).reshape(out_f, -1)
+
+
+def gguf_config(meta: dict) -> ModelConfig:
+    arch = meta.get("general.architecture")
+    if arch != "llama":
+        raise UserError(f"this GGUF's architecture is '{arch}'; the engines run 'llama' "
+                        "(Llama, SmolLM, Mistral-style) models.")
+    if meta.get(f"{arch}.rope.scaling.type") not in (None, "none"):
+        raise UserError("this GGUF uses RoPE scaling, which the engines do not implement yet.")
+    g = lambda k, d=None: meta.get(f"{arch}.{k}", d)  # noqa: E731
+    n_head = int(g("attention.head_count"))
+    d_model = int(g("embedding_length"))
+    vocab = int(g("vocab_size", len(meta.get("tokenizer.ggml.tokens", [])) or 0))
+    return ModelConfig(
+        vocab_size=vocab, context_length=int(g("context_length")), n_layer=int(g("block_count")),
+        n_head=n_head, n_kv_head=int(g("attention.head_count_kv", n_head)), d_model=d_model,
+        d_ff=int(g("feed_forward_length")), norm="rmsnorm", activation="swiglu",
+        position="rope", attention="gqa", tie_embeddings=True, bias=False,
+        rope_theta=float(g("rope.freq_base", 10000.0)),
+        norm_eps=float(g("attention.layer_norm_rms_epsilon", 1e-5)))
+
+
+def load_gguf(path, dtype=np.float32) -> Pretrained:
+    """Read a Llama-architecture GGUF: config, dequantized float weights, tokenizer, template."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from .tokenizers.pretrained import from_gguf, gguf_metadata
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no GGUF file at {path}.")
+    meta = gguf_metadata(path)
+    cfg = gguf_config(meta)
+    reader = GGUFReader(str(path))
+    params: dict[str, np.ndarray] = {}
+    for t in reader.tensors:
+        try:
+            w = dequantize(t.data, t.tensor_type)
+        except NotImplementedError:
+            raise UserError(f"tensor {t.name} is stored as {t.tensor_type.name}, which the "
+                            "gguf package cannot dequantize.") from None
+        w = np.asarray(w, dtype=np.float32)
+        name = t.name
+        if name == "token_embd.weight":
+            ours = "wte"
+        elif name == "output_norm.weight":
+            ours = "norm_f.weight"
+        elif name == "output.weight":
+            ours = "lm_head"
+        elif name.startswith("blk."):
+            _, i, rest = name.split(".", 2)
+            if rest not in GGUF_NAMES:
+                raise UserError(f"GGUF tensor {name} has no counterpart in the engines "
+                                f"(an architecture feature they lack).")
+            ours = f"h.{i}.{GGUF_NAMES[rest]}"
+            if rest == "attn_q.weight":
+                w = unpermute_rope_rows(w, cfg.n_head)
+            elif rest == "attn_k.weight":
+                w = unpermute_rope_rows(w, cfg.n_kv_head)
+        else:
+            continue  # e.g. rope_freqs: derived, not a parameter
+        params[ours] = w.astype(dtype, copy=False)
+    if "lm_head" in params:
+        cfg = cfg.replace(tie_embeddings=False)
+    if cfg.vocab_size != params["wte"].shape[0]:
+        cfg = cfg.replace(vocab_size=params["wte"].shape[0])
+    tok = from_gguf(path, meta)
+    return Pretrained(config=cfg, params=params, tokenizer=tok,
+                      chat_template=meta.get("tokenizer.chat_template"),
+                      bos_id=meta.get("tokenizer.ggml.bos_token_id"),
+                      eos_id=meta.get("tokenizer.ggml.eos_token_id"), source=str(path),
+                      metadata={k: v for k, v in meta.items() if not k.startswith("tokenizer.ggml.")})
