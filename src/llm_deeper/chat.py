@@ -52,7 +52,7 @@ def pretrained_engine(model: str, engine: str):
         from .torch_engine.generate import TorchLogits
         from .torch_engine.model import TorchGPT
 
-        fn = TorchLogits(TorchGPT(pre.config, pre.params).eval())
+        fn = TorchLogits(TorchGPT(pre.config, pre.params).eval().fuse_for_inference())
     else:
         raise UserError(f"--engine must be numpy, torch or hf, got '{engine}'.")
     return fn, pre.tokenizer, pre.chat_template, stop

@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--rounds", type=int, default=5)
     q.add_argument("--steps-per-round", type=int, default=6)
     q.add_argument("--torch-threads", type=int, default=None)
+    q = bsub.add_parser("decode", help="greedy decode tokens/s vs HF generate, SmolLM2-135M")
+    q.add_argument("--model", default="smollm2-135m")
+    q.add_argument("--batch-sizes", default="1,8")
+    q.add_argument("--new-tokens", type=int, default=64)
+    q.add_argument("--rounds", type=int, default=3)
+    q.add_argument("--device", default="cpu")
     q = bsub.add_parser("tokenizer", help="BPE encode MB/s vs HF tokenizers, SmolLM2 vocabulary")
     q.add_argument("--data", default="works")
     return ap
@@ -184,6 +190,11 @@ def _dispatch(args) -> int | None:
 
             run(args.preset, args.batch_size, args.rounds, args.steps_per_round,
                 args.torch_threads)
+        elif args.bench_command == "decode":
+            from .bench.decode import run
+
+            run(args.model, [int(b) for b in args.batch_sizes.split(",")], args.new_tokens,
+                args.rounds, args.device)
         else:
             from .bench.tokenizer import run
 

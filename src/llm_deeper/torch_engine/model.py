@@ -85,9 +85,13 @@ def _attention(cfg, x, p, pre, rope, lora, use_sdpa, dropout, training, cache=No
                pos0=0):
     B, T, _ = x.shape
     H, KV, hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-    q = _linear(x, p, pre + "wq", lora).view(B, T, H, hd).transpose(1, 2)
-    k = _linear(x, p, pre + "wk", lora).view(B, T, KV, hd).transpose(1, 2)
-    v = _linear(x, p, pre + "wv", lora).view(B, T, KV, hd).transpose(1, 2)
+    if pre + "wqkv" in p and not lora:  # fused for decoding (TorchGPT.fuse_for_inference): one GEMM, not 3
+        q, k, v = F.linear(x, p[pre + "wqkv"]).split([H * hd, KV * hd, KV * hd], dim=-1)
+    else:
+        q, k, v = (_linear(x, p, pre + n, lora) for n in ("wq", "wk", "wv"))
+    q = q.reshape(B, T, H, hd).transpose(1, 2)
+    k = k.reshape(B, T, KV, hd).transpose(1, 2)
+    v = v.reshape(B, T, KV, hd).transpose(1, 2)
     if rope is not None:
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     if cache is not None:  # write this step's keys/values, attend over everything so far
@@ -119,6 +123,9 @@ def _attention(cfg, x, p, pre, rope, lora, use_sdpa, dropout, training, cache=No
 
 
 def _ffn(cfg, x, p, pre, lora):
+    if pre + "w13" in p and not lora:  # fused gate and up projections
+        g, u = F.linear(x, p[pre + "w13"]).chunk(2, dim=-1)
+        return _linear(F.silu(g) * u, p, pre + "w2", lora)
     if cfg.activation == "swiglu":
         h = F.silu(_linear(x, p, pre + "w1", lora)) * _linear(x, p, pre + "w3", lora)
     elif cfg.activation == "gelu":
@@ -164,7 +171,10 @@ def forward(params, cfg: ModelConfig, ids, targets=None, *, lora: dict | None = 
     if cache is not None:
         cache.pos += T
     h = _norm(cfg, x, p, "norm_f")
-    logits = F.linear(h, p["wte"] if cfg.tie_embeddings else p["lm_head"])
+    head = p.get("lm_head.decode")
+    if head is None or h.shape[0] * h.shape[1] > 1:
+        head = p["wte"] if cfg.tie_embeddings else p["lm_head"]
+    logits = F.linear(h, head)
     loss = None
     if targets is not None:
         z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
@@ -199,7 +209,35 @@ class TorchGPT(nn.Module):
 
     def param_dict(self) -> dict[str, torch.Tensor]:
         # Rebuilt each call: cheap next to a forward pass, and always current after .to().
-        return dict(self.named_parameters())
+        p = dict(self.named_parameters())
+        if self._fused is not None and not self.training:
+            p.update(self._fused)
+        return p
+
+    _fused = None
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> "TorchGPT":
+        """Extra weights for fast decoding (the parameters stay as they are):
+
+        * wq|wk|wv and w1|w3 concatenated: one matrix-vector product instead of three or two;
+        * the LM head stored column-major (in, out): on CPU a batch-1 product with a transposed
+          (49152 x 576) matrix streams memory almost twice as fast as with the row-major one.
+        Costs a second copy of those weights. Outputs are unchanged up to float rounding."""
+        p = dict(self.named_parameters())
+        cfg, fused = self.cfg, {}
+        if cfg.bias:
+            return self
+        for i in range(cfg.n_layer):
+            pre = f"h.{i}."
+            fused[pre + "attn.wqkv"] = torch.cat([p[pre + "attn." + n] for n in ("wq", "wk", "wv")])
+            if cfg.activation == "swiglu":
+                fused[pre + "ffn.w13"] = torch.cat([p[pre + "ffn.w1"], p[pre + "ffn.w3"]])
+        head = p["wte"] if cfg.tie_embeddings else p["lm_head"]
+        if head.device.type == "cpu":
+            fused["lm_head.decode"] = head.t().contiguous().t()
+        self._fused = fused
+        return self
 
     def forward(self, ids, targets=None, cache: KVCache | None = None):
         return forward(self.param_dict(), self.cfg, ids, targets, use_sdpa=self.use_sdpa,
