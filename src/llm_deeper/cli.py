@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import UserError
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--out", default=None, help="checkpoint directory (runs/<preset>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--device", default="cpu", help="torch engine: cpu, cuda, cuda:1, mps")
+    p.add_argument("--compile", action="store_true", help="torch engine: torch.compile the model")
     for name, typ in (("batch-size", int), ("grad-accum", int), ("lr", float), ("min-lr", float),
                       ("warmup", int), ("weight-decay", float), ("grad-clip", float),
                       ("eval-interval", int), ("eval-iters", int), ("seed", int)):
@@ -203,9 +206,6 @@ def _dispatch(args) -> int | None:
 
 
 def _train(args) -> int:
-    if args.engine == "torch":
-        raise UserError("training with --engine torch arrives with the PyTorch engine (the next "
-                        "issue); use --engine numpy, or 'llm-deeper bench train' to compare speeds.")
     from .workflows import train_run
 
     overrides = {k: getattr(args, k) for k in ("context_length", "n_layer", "n_head", "n_kv_head",
@@ -219,9 +219,12 @@ def _train(args) -> int:
     r = train_run(preset_name=args.preset, data=args.data, tokenizer=args.tokenizer,
                   out=args.out or f"runs/{args.preset}", steps=args.steps, resume=args.resume,
                   overrides=overrides, train_overrides=train_over,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, engine=args.engine, device=args.device,
+                  compile=args.compile)
     summary = {k: r[k] for k in ("step", "train_loss", "val_loss", "tokens_per_s", "seconds",
                                  "interrupted", "out")}
+    if r.get("world_size", 1) > 1 and int(os.environ.get("RANK", "0")) != 0:
+        return 0
     print(json.dumps(summary))
     return 130 if r["interrupted"] else 0
 

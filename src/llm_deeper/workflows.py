@@ -52,7 +52,8 @@ def load_model(checkpoint, adapter=None):
 def train_run(*, preset_name: str = "baby", data: str = "works", tokenizer: str = "char",
               out: str = "runs/baby", steps: int = 2000, resume: bool = False,
               overrides: dict | None = None, train_overrides: dict | None = None,
-              progress: bool = True, log=print) -> dict:
+              progress: bool = True, log=print, engine: str = "numpy", device: str = "cpu",
+              compile: bool = False) -> dict:
     from .data import load_text, split_train_val
     from .numpy_engine.model import GPT
     from .numpy_engine.train import TrainConfig, train
@@ -81,14 +82,23 @@ def train_run(*, preset_name: str = "baby", data: str = "works", tokenizer: str 
             raise UserError(f"the {name} of '{data}' has {len(part)} tokens, fewer than "
                             f"context_length + 1 = {cfg.context_length + 1}; use more text or "
                             "a smaller --context-length.")
-    model = GPT(cfg, seed=tc.seed)
+    if engine == "torch":
+        from .torch_engine.train import resolve_device, train_torch
+
+        resolve_device(device)
     log(f"model: {cfg.n_params():,} parameters ({cfg.n_layer} layers, d_model {cfg.d_model}, "
         f"{cfg.n_head} heads / {cfg.n_kv_head} kv, {cfg.norm}, {cfg.activation}, "
         f"{cfg.position} positions); data: {data}, {len(train_ids):,} train / "
         f"{len(val_ids):,} val tokens ({tok.kind}, vocab {tok.vocab_size})")
-    result = train(model, tok, train_ids, val_ids, tc, out_dir, resume=resume, progress=progress,
-                   log=log)
-    result.update(model=model, tokenizer=tok, out=str(out_dir))
+    if engine == "torch":
+        result = train_torch(cfg, tok, train_ids, val_ids, tc, out_dir, device=device,
+                             resume=resume, compile=compile, progress=progress, log=log)
+    else:
+        model = GPT(cfg, seed=tc.seed)
+        result = train(model, tok, train_ids, val_ids, tc, out_dir, resume=resume,
+                       progress=progress, log=log)
+        result["model"] = model
+    result.update(tokenizer=tok, out=str(out_dir))
     return result
 
 
