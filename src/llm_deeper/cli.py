@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", default=None, metavar="DIR", help="also write the merged model")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("export", help="write an HF directory (transformers, vLLM, mlx-lm load it)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint directory of either engine")
+    src.add_argument("--model", help="a registry name (smollm2-135m) or a GGUF path")
+    p.add_argument("--format", choices=["hf"], default="hf")
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("tokenizer", help="train byte-level BPE on a corpus")
     tsub = p.add_subparsers(dest="tok_command", required=True)
     q = tsub.add_parser("train")
@@ -178,6 +185,8 @@ def _dispatch(args) -> int | None:
         print(json.dumps({k: v for k, v in r.items()}))
     elif cmd == "tokenizer":
         return _tokenizer(args)
+    elif cmd == "export":
+        return _export(args)
     elif cmd == "toy":
         import numpy as np
 
@@ -267,6 +276,29 @@ def _generate(args) -> int:
             run_one(line)
         except UserError as exc:  # one bad prompt does not end the session
             print(f"error: {exc}", file=sys.stderr)
+    return 0
+
+
+def _export(args) -> int:
+    from pathlib import Path
+
+    from .weights import export_hf, load_gguf
+
+    if args.checkpoint:
+        from .checkpoint import load_checkpoint
+
+        cfg, params, tok, _ = load_checkpoint(args.checkpoint)
+        special = getattr(tok, "special_tokens", {}) or {}
+        eos = special.get("<|endoftext|>")
+        out = export_hf(args.out, cfg, params, tok, bos_id=eos, eos_id=eos)
+    else:
+        from . import models
+
+        path = models.require(args.model) if args.model in models.REGISTRY else Path(args.model)
+        pre = load_gguf(path)
+        out = export_hf(args.out, pre.config, pre.params, pre.tokenizer,
+                        chat_template=pre.chat_template, bos_id=pre.bos_id, eos_id=pre.eos_id)
+    print(f"HF directory written to {out}")
     return 0
 
 

@@ -31,11 +31,17 @@ def atomic_dir(target: str | os.PathLike):
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should not be
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for f in tmp.iterdir():  # some writers (safetensors) create files private to the user
+        if f.is_file():
+            os.chmod(f, 0o666 & ~umask)
     old = target.with_name(f".{target.name}.old")
     if old.exists():
         shutil.rmtree(old)

@@ -118,3 +118,82 @@ def load_gguf(path, dtype=np.float32) -> Pretrained:
                       bos_id=meta.get("tokenizer.ggml.bos_token_id"),
                       eos_id=meta.get("tokenizer.ggml.eos_token_id"), source=str(path),
                       metadata={k: v for k, v in meta.items() if not k.startswith("tokenizer.ggml.")})
+
+
+# ------------------------------------------------------------------------------ HF export
+HF_LAYER_NAMES = {
+    "norm1.weight": "input_layernorm.weight", "attn.wq": "self_attn.q_proj.weight",
+    "attn.wk": "self_attn.k_proj.weight", "attn.wv": "self_attn.v_proj.weight",
+    "attn.wo": "self_attn.o_proj.weight", "norm2.weight": "post_attention_layernorm.weight",
+    "ffn.w1": "mlp.gate_proj.weight", "ffn.w3": "mlp.up_proj.weight",
+    "ffn.w2": "mlp.down_proj.weight",
+}
+
+
+def hf_name(name: str) -> str:
+    if name == "wte":
+        return "model.embed_tokens.weight"
+    if name == "norm_f.weight":
+        return "model.norm.weight"
+    if name == "lm_head":
+        return "lm_head.weight"
+    _, i, rest = name.split(".", 2)
+    return f"model.layers.{i}.{HF_LAYER_NAMES[rest]}"
+
+
+def hf_config(cfg: ModelConfig, bos_id=None, eos_id=None) -> dict:
+    """A LlamaConfig that transformers 4 and 5, vLLM and mlx-lm all read the same way:
+    `rope_theta` at the top level (where vLLM and mlx-lm look) and in `rope_parameters` (where
+    transformers 5 looks)."""
+    missing = [what for what, ok in (
+        ("RMSNorm", cfg.norm == "rmsnorm"), ("SwiGLU", cfg.activation == "swiglu"),
+        ("RoPE positions", cfg.position == "rope"), ("no biases", not cfg.bias))
+        if not ok]
+    if missing:
+        raise UserError(f"HF export writes Llama-architecture models; this config lacks "
+                        f"{', '.join(missing)} (use a Llama-style preset: small, medium, large).")
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head,
+        "head_dim": cfg.head_dim, "hidden_act": "silu",
+        "max_position_embeddings": cfg.context_length, "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rope_scaling": None, "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": bos_id, "eos_token_id": eos_id, "torch_dtype": "float32",
+        "dtype": "float32", "use_cache": True,
+    }
+
+
+def export_hf(out_dir, cfg: ModelConfig, params: dict, tokenizer=None, *, chat_template=None,
+              bos_id=None, eos_id=None) -> Path:
+    """Write an HF directory: config.json, model.safetensors, tokenizer files,
+    generation_config.json. Atomic: the directory appears complete or not at all."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from .paths import atomic_dir
+
+    config = hf_config(cfg, bos_id, eos_id)
+    tensors = {hf_name(k): np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()
+               if not k.endswith((".lora_A", ".lora_B"))}
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        gen = {"bos_token_id": bos_id, "eos_token_id": eos_id, "do_sample": False}
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
+        if tokenizer is not None and getattr(tokenizer, "kind", "") == "bpe":
+            (tmp / "tokenizer.json").write_text(tokenizer.to_json(), encoding="utf-8")
+            by_id = {i: s for s, i in tokenizer.special_tokens.items()}
+            tc = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces":
+                  False, "model_max_length": cfg.context_length,
+                  "bos_token": by_id.get(bos_id), "eos_token": by_id.get(eos_id),
+                  "pad_token": by_id.get(eos_id)}
+            if chat_template:
+                tc["chat_template"] = chat_template
+            (tmp / "tokenizer_config.json").write_text(json.dumps(tc, indent=2))
+    return Path(out_dir)

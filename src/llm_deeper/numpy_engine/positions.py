@@ -27,9 +27,14 @@ def sinusoidal_table(n_pos: int, d: int, base: float = 10000.0, dtype=np.float32
 
 
 def rope_cos_sin(positions: np.ndarray, head_dim: int, theta: float, dtype=np.float32):
-    """cos and sin of shape (T, head_dim // 2) for the given absolute positions."""
-    inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    ang = positions.astype(np.float64)[:, None] * inv_freq[None, :]
+    """cos and sin of shape (T, head_dim // 2) for the given absolute positions.
+
+    The angles are computed in float32, the way HF transformers computes them, so that a real
+    model's logits agree with it as closely as float32 allows (their rounding is the largest
+    difference between implementations)."""
+    inv_freq = (1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2).astype(np.float32)
+                                             / np.float32(head_dim)))).astype(np.float32)
+    ang = positions.astype(np.float32)[:, None] * inv_freq[None, :]
     return np.cos(ang).astype(dtype), np.sin(ang).astype(dtype)
 
 

@@ -209,8 +209,9 @@ class BPETokenizer:
                 "type": "BPE", "dropout": None, "unk_token": None,
                 "continuing_subword_prefix": None, "end_of_word_suffix": None,
                 "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                "vocab": {bytes_to_token(b): i for i, b in sorted(self.vocab.items())
-                          if i not in specials},
+                # special tokens appear in the vocabulary too, as in HF's own files
+                "vocab": {**{bytes_to_token(b): i for i, b in sorted(self.vocab.items())
+                             if i not in specials}, **self.special_tokens},
                 "merges": [[bytes_to_token(self.vocab[a]), bytes_to_token(self.vocab[b])]
                            for a, b in self.merges],
             },

@@ -19,8 +19,13 @@ from ..config import ModelConfig
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype):
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    ang = positions.to(torch.float64)[:, None] * inv_freq[None, :]
+    """cos and sin of the rotation angles p * theta^(-2i/head_dim), (T, head_dim // 2).
+
+    Computed in float32 exactly as HF transformers does (inverse frequencies from an int64
+    arange, angles as a float32 product), so that logits match it to the last bit rather than
+    to ~1e-4: the angle's float32 rounding is the largest difference between implementations."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    ang = positions.float()[:, None] * inv_freq[None, :]
     return ang.cos().to(dtype), ang.sin().to(dtype)
 
 
