@@ -111,7 +111,7 @@ def test_attention_backward(n_kv_head, rope):
     dx = attention.attention_backward(dy, cache, grads, cfg)
     tp = {k: t(v) for k, v in p.items()}
     tx = t(x)
-    from llm_deeper.torch_engine.model import _attention
+    from llm_deeper.torch_engine.attention import attention as _attention
 
     trope = tuple(map(torch.tensor, table)) if rope else None
     ty = _attention(cfg, tx, tp, "a.", trope, {}, False, 0.0, False)

@@ -122,3 +122,90 @@ def test_prompt_longer_than_context_names_both_lengths():
     model = TorchGPT(cfg_for("mha"))
     with pytest.raises(UserError, match=r"\(30 tokens\).*context_length \(24\)"):
         model(torch.zeros(1, 30, dtype=torch.long))
+
+
+MLA = dict(attention="mla", kv_lora_rank=12, qk_rope_head_dim=4, qk_nope_head_dim=8,
+           v_head_dim=6)
+
+
+@pytest.mark.parametrize("q_lora_rank", [0, 10])
+@pytest.mark.parametrize("use_sdpa", [True, False])
+def test_mla_cache_and_absorbed_path(q_lora_rank, use_sdpa):
+    from llm_deeper.torch_engine.mla import LatentCache
+    from llm_deeper.torch_engine.model import make_cache
+
+    cfg = cfg_for("mha", q_lora_rank=q_lora_rank, **MLA)
+    model = TorchGPT(cfg, seed=4, dtype=torch.float64).eval()
+    model.use_sdpa = use_sdpa
+    ids = torch.randint(0, 17, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(ids)[0]  # naive path, no cache
+        for absorb in (False, True):
+            model.mla_absorb = absorb
+            cache = make_cache(cfg, 2, dtype=torch.float64)
+            assert isinstance(cache, LatentCache)
+            parts = [model(ids[:, :6], cache=cache)[0]]
+            parts += [model(ids[:, t:t + 1], cache=cache)[0] for t in range(6, 16)]
+            assert rel_err(torch.cat(parts, 1), full) < 1e-10, absorb
+    # the cache holds the latent and one RoPE key per token and layer, nothing per head
+    assert cache.nbytes_per_token() == cfg.n_layer * (12 + 4) * 8
+    assert cfg.kv_cache_numbers_per_token() == 2 * 16
+
+
+def test_mla_trains():
+    cfg = cfg_for("mha", **MLA)
+    model = TorchGPT(cfg, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x = torch.randint(0, 17, (4, 16), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(30):
+        _, loss = model(x[:, :-1], x[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_alibi_cache_sdpa_and_slopes():
+    from llm_deeper.torch_engine.positions import alibi_bias, alibi_slopes
+
+    assert torch.allclose(alibi_slopes(8), torch.tensor([2.0 ** -(h + 1) for h in range(8)]))
+    b = alibi_bias(2, 3, 3, 0, torch.float64, "cpu")
+    assert b[0, 2, 0] == -2 * 2 ** -4 and b[0, 0, 1] == float("-inf")
+    cfg = cfg_for("gqa", position="alibi")
+    model = TorchGPT(cfg, seed=5, dtype=torch.float64).eval()
+    ids = torch.randint(0, 17, (2, 20))
+    with torch.no_grad():
+        full = model(ids)[0]
+        cache = KVCache(cfg, 2, dtype=torch.float64)
+        parts = [model(ids[:, :8], cache=cache)[0]] + \
+            [model(ids[:, t:t + 1], cache=cache)[0] for t in range(8, 20)]
+        model.use_sdpa = False
+        explicit = model(ids)[0]
+    assert rel_err(torch.cat(parts, 1), full) < 1e-12 and rel_err(explicit, full) < 1e-12
+
+
+def test_interleaved_rope_is_half_split_with_permuted_rows():
+    """The two RoPE pairings are the same model up to a permutation of wq/wk rows — the one
+    that weights.unpermute_rope_rows applies to GGUF files."""
+    from llm_deeper.weights import unpermute_rope_rows
+
+    inter = cfg_for("gqa", rope_pairing="interleaved")
+    half = cfg_for("gqa")
+    params = TorchGPT(inter, seed=6, dtype=torch.float64).param_dict()
+    params = {k: v.detach().numpy().copy() for k, v in params.items()}
+    permuted = dict(params)
+    for i in range(inter.n_layer):
+        permuted[f"h.{i}.attn.wq"] = unpermute_rope_rows(params[f"h.{i}.attn.wq"], inter.n_head)
+        permuted[f"h.{i}.attn.wk"] = unpermute_rope_rows(params[f"h.{i}.attn.wk"], inter.n_kv_head)
+    ids = torch.randint(0, 17, (1, 12))
+    with torch.no_grad():
+        a = TorchGPT(inter, params, dtype=torch.float64)(ids)[0]
+        b = TorchGPT(half, permuted, dtype=torch.float64)(ids)[0]
+    assert rel_err(a, b) < 1e-12
+
+
+def test_numpy_engine_names_what_it_lacks():
+    with pytest.raises(UserError, match="does not implement multi-head latent attention"):
+        GPT(cfg_for("mha", **MLA))

@@ -30,7 +30,7 @@ from .errors import UserError
 
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "relu", "swiglu")
-POSITIONS = ("learned", "sinusoidal", "rope", "none")
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 
 
 @dataclass
@@ -45,10 +45,17 @@ class ModelConfig:
     norm: str = "layernorm"
     activation: str = "gelu"
     position: str = "learned"
-    attention: str = "mha"  # mha|gqa|mqa: a name for n_kv_head (mla arrives with the torch engine)
+    attention: str = "mha"  # mha|gqa|mqa (names for n_kv_head) or mla (torch engine)
     tie_embeddings: bool = True
     bias: bool = False
     rope_theta: float = 10000.0
+    rope_pairing: str = "half"  # half: x_i with x_{i+d/2} (Llama/HF); interleaved: x_2i with x_2i+1
+    # Multi-head latent attention (DeepSeek-V2), attention="mla" only:
+    kv_lora_rank: int = 0  # size of the cached latent c_KV
+    q_lora_rank: int = 0  # 0: queries straight from x; > 0: through a compressed latent too
+    qk_rope_head_dim: int = 0  # the decoupled RoPE part of each query/key head
+    qk_nope_head_dim: int = 0  # the position-free part of each query/key head
+    v_head_dim: int = 0
     norm_eps: float = 1e-5
     dropout: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -63,6 +70,18 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    @property
+    def rope_dim(self) -> int:
+        """How many features of each query/key head RoPE rotates."""
+        return self.qk_rope_head_dim if self.attention == "mla" else self.head_dim
+
+    def kv_cache_numbers_per_token(self) -> int:
+        """Numbers the KV cache stores per token, all layers: K and V of every KV head, or for
+        MLA the latent c_KV and the shared RoPE key."""
+        if self.attention == "mla":
+            return self.n_layer * (self.kv_lora_rank + self.qk_rope_head_dim)
+        return 2 * self.n_layer * self.n_kv_head * self.head_dim
 
     def validate(self) -> None:
         def bad(msg: str):
@@ -84,11 +103,21 @@ class ModelConfig:
             bad(f"activation '{self.activation}' is not one of {', '.join(ACTIVATIONS)}")
         if self.position not in POSITIONS:
             bad(f"position '{self.position}' is not one of {', '.join(POSITIONS)}")
-        if self.attention not in ("mha", "gqa", "mqa"):
-            bad(f"attention '{self.attention}' is not supported by this engine "
-                "(mha, gqa, mqa; set n_kv_head to choose the grouping)")
-        if self.position == "rope" and self.head_dim % 2:
+        if self.attention not in ("mha", "gqa", "mqa", "mla"):
+            bad(f"attention '{self.attention}' is not one of mha, gqa, mqa, mla")
+        if self.attention == "mla":
+            for f in ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
+                if getattr(self, f) <= 0:
+                    bad(f"attention 'mla' needs {f} > 0")
+            if self.qk_rope_head_dim % 2:
+                bad(f"qk_rope_head_dim must be even, got {self.qk_rope_head_dim}")
+            if self.position != "rope":
+                bad("attention 'mla' carries its positions in the decoupled RoPE key; "
+                    "set position='rope'")
+        elif self.position == "rope" and self.head_dim % 2:
             bad(f"RoPE needs an even head_dim, got {self.head_dim}")
+        if self.rope_pairing not in ("half", "interleaved"):
+            bad(f"rope_pairing '{self.rope_pairing}' is not one of half, interleaved")
         if self.position == "sinusoidal" and self.d_model % 2:
             bad(f"sinusoidal positions need an even d_model, got {self.d_model}")
         if not 0.0 <= self.dropout < 1.0:

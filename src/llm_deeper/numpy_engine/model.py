@@ -42,10 +42,24 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     for i in range(cfg.n_layer):
         p = f"h.{i}."
         norm(p + "norm1")
-        lin(p + "attn.wq", cfg.n_head * hd, d)
-        lin(p + "attn.wk", cfg.n_kv_head * hd, d)
-        lin(p + "attn.wv", cfg.n_kv_head * hd, d)
-        lin(p + "attn.wo", d, cfg.n_head * hd)
+        if cfg.attention == "mla":  # torch_engine/mla.py
+            H, qk = cfg.n_head, cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
+            if cfg.q_lora_rank:
+                shapes[p + "attn.wq_a"] = (cfg.q_lora_rank, d)
+                shapes[p + "attn.q_norm.weight"] = (cfg.q_lora_rank,)
+                shapes[p + "attn.wq_b"] = (H * qk, cfg.q_lora_rank)
+            else:
+                shapes[p + "attn.wq"] = (H * qk, d)
+            shapes[p + "attn.wkv_a"] = (cfg.kv_lora_rank + cfg.qk_rope_head_dim, d)
+            shapes[p + "attn.kv_norm.weight"] = (cfg.kv_lora_rank,)
+            shapes[p + "attn.wkv_b"] = (H * (cfg.qk_nope_head_dim + cfg.v_head_dim),
+                                        cfg.kv_lora_rank)
+            shapes[p + "attn.wo"] = (d, H * cfg.v_head_dim)
+        else:
+            lin(p + "attn.wq", cfg.n_head * hd, d)
+            lin(p + "attn.wk", cfg.n_kv_head * hd, d)
+            lin(p + "attn.wv", cfg.n_kv_head * hd, d)
+            lin(p + "attn.wo", d, cfg.n_head * hd)
         norm(p + "norm2")
         lin(p + "ffn.w1", f, d)
         if cfg.activation == "swiglu":
@@ -95,6 +109,14 @@ class KVCache:
 class GPT:
     def __init__(self, cfg: ModelConfig, params: dict | None = None, seed: int = 0,
                  dtype=np.float32):
+        from ..errors import UserError
+
+        lacking = [f for f, on in (("multi-head latent attention (mla)", cfg.attention == "mla"),
+                                   ("ALiBi positions", cfg.position == "alibi"),
+                                   ("interleaved RoPE", cfg.rope_pairing != "half")) if on]
+        if lacking:
+            raise UserError(f"the NumPy engine does not implement {lacking[0]}; use the torch "
+                            "engine (--engine torch) for this model.")
         self.cfg = cfg
         self.params = params if params is not None else init_params(cfg, seed, dtype)
         self.lora: dict[str, tuple] = {}  # weight name -> (A, B, scale); see lora.py

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .model import KVCache, TorchGPT
+from .model import TorchGPT, make_cache
 
 
 class TorchLogits:
@@ -22,10 +22,10 @@ class TorchLogits:
         if not self.use_cache:
             x = torch.tensor([ids[-T:]], device=self.device)
             return self.model(x)[0][0, -1].float().cpu().numpy()
-        cache: KVCache | None = state.get("cache")
+        cache = state.get("cache")
         fed = state.get("fed", 0)
         if cache is None or cache.pos >= T or fed > len(ids):
-            cache = KVCache(self.model.cfg, 1, dtype=self.dtype, device=self.device)
+            cache = make_cache(self.model.cfg, 1, dtype=self.dtype, device=self.device)
             ids_in = ids[-(T - 1):] if len(ids) >= T else ids
             state.update(cache=cache)
         else:
@@ -40,7 +40,7 @@ def greedy_batch(model: TorchGPT, prompts: torch.Tensor, n_new: int) -> torch.Te
     """Greedy continuation of a batch of equal-length prompts: (B, n_new) token ids."""
     p = next(model.parameters())
     B, T0 = prompts.shape
-    cache = KVCache(model.cfg, B, max_len=T0 + n_new, dtype=p.dtype, device=p.device)
+    cache = make_cache(model.cfg, B, max_len=T0 + n_new, dtype=p.dtype, device=p.device)
     logits = model(prompts.to(p.device), cache=cache)[0][:, -1]
     out = torch.empty(B, n_new, dtype=torch.long, device=p.device)
     for i in range(n_new):

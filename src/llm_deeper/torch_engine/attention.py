@@ -1,0 +1,86 @@
+"""Causal self-attention with n_kv_head key/value heads (MHA, GQA, MQA) and its KV cache.
+
+Two paths compute the same thing (tested equal): `scaled_dot_product_attention` (a fused kernel;
+flash attention on CUDA) and the explicit softmax(QK^T / sqrt(d)) V that the NumPy engine also
+writes out. ALiBi adds its distance bias to the scores in either path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .ffn import linear
+from .positions import alibi_bias, apply_rope
+
+
+class KVCache:
+    """Keys and values of every layer: (n_layer, B, n_kv_head, max_len, head_dim), and how many
+    positions are filled."""
+
+    def __init__(self, cfg, batch_size: int, max_len: int | None = None, dtype=torch.float32,
+                 device="cpu"):
+        n = max_len or cfg.context_length
+        shape = (cfg.n_layer, batch_size, cfg.n_kv_head, n, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len, self.pos = n, 0
+
+    def nbytes_per_token(self) -> int:
+        return 2 * self.k.shape[0] * self.k.shape[2] * self.k.shape[4] * self.k.element_size()
+
+
+def causal_mask(T: int, S: int, pos0: int, device) -> torch.Tensor:
+    """(T, S) True where query pos0 + t may see key s."""
+    return torch.arange(S, device=device)[None, :] <= (pos0 + torch.arange(T, device=device))[:, None]
+
+
+def attend(q, k, v, pos0: int, use_sdpa: bool, p_drop: float, training: bool, bias=None,
+           scale: float | None = None):
+    """q: (B, H, T, d); k, v: (B, H or KV, S, d). The core shared by every attention kind."""
+    T, S, H = q.shape[2], k.shape[2], q.shape[1]
+    if use_sdpa:
+        kw = {"enable_gqa": True} if k.shape[1] != H else {}
+        if bias is not None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p_drop,
+                                                  scale=scale, **kw)
+        if T == 1 or (pos0 == 0 and T == S):  # one query sees all; or a plain causal square
+            return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, dropout_p=p_drop,
+                                                  scale=scale, **kw)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, S, pos0, q.device),
+                                              dropout_p=p_drop, scale=scale, **kw)
+    if k.shape[1] != H:  # each K/V head serves H / KV query heads
+        k = k.repeat_interleave(H // k.shape[1], dim=1)
+        v = v.repeat_interleave(H // v.shape[1], dim=1)
+    att = (q @ k.transpose(-2, -1)) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
+    if bias is not None:
+        att = att + bias
+    else:
+        att = att.masked_fill(~causal_mask(T, S, pos0, q.device), float("-inf"))
+    att = F.dropout(att.softmax(-1), p_drop, training)
+    return att @ v
+
+
+def attention(cfg, x, p, pre, rope, lora, use_sdpa, dropout, training, cache=None, layer=0,
+              pos0=0):
+    B, T, _ = x.shape
+    H, KV, hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+    if pre + "wqkv" in p and not lora:  # fused for decoding (TorchGPT.fuse_for_inference)
+        q, k, v = F.linear(x, p[pre + "wqkv"]).split([H * hd, KV * hd, KV * hd], dim=-1)
+    else:
+        q, k, v = (linear(x, p, pre + n, lora) for n in ("wq", "wk", "wv"))
+    q = q.reshape(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
+    k = k.reshape(B, T, KV, hd).transpose(1, 2)  # (B, KV, T, hd)
+    v = v.reshape(B, T, KV, hd).transpose(1, 2)
+    if rope is not None:
+        q, k = apply_rope(q, *rope, cfg.rope_pairing), apply_rope(k, *rope, cfg.rope_pairing)
+    if cache is not None:  # write this step's keys/values, attend over everything so far
+        cache.k[layer, :, :, pos0:pos0 + T] = k
+        cache.v[layer, :, :, pos0:pos0 + T] = v
+        k, v = cache.k[layer, :, :, :pos0 + T], cache.v[layer, :, :, :pos0 + T]
+    bias = (alibi_bias(H, T, k.shape[2], pos0, q.dtype, q.device)
+            if cfg.position == "alibi" else None)
+    out = attend(q, k, v, pos0, use_sdpa, dropout if training else 0.0, training, bias)
+    return linear(out.transpose(1, 2).reshape(B, T, H * hd), p, pre + "wo", lora)
