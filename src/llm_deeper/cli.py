@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--new-tokens", type=int, default=64)
     q.add_argument("--rounds", type=int, default=3)
     q.add_argument("--device", default="cpu")
+    q = bsub.add_parser("kv-cache", help="time per token vs length with/without cache; KV bytes")
+    q.add_argument("--lengths", default="128,256,512,1024,2048")
+    q.add_argument("--tokens", type=int, default=4)
+    q.add_argument("--out", default="runs/bench")
     q = bsub.add_parser("tokenizer", help="BPE encode MB/s vs HF tokenizers, SmolLM2 vocabulary")
     q.add_argument("--data", default="works")
     return ap
@@ -202,6 +206,10 @@ def _dispatch(args) -> int | None:
 
             run(args.preset, args.batch_size, args.rounds, args.steps_per_round,
                 args.torch_threads)
+        elif args.bench_command == "kv-cache":
+            from .bench.kv_cache import run
+
+            run([int(x) for x in args.lengths.split(",")], args.tokens, args.out)
         elif args.bench_command == "decode":
             from .bench.decode import run
 
