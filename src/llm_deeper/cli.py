@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", default="smollm2-135m")
     q.add_argument("--batch-sizes", default="1,8")
     q.add_argument("--new-tokens", type=int, default=64)
-    q.add_argument("--rounds", type=int, default=3)
+    q.add_argument("--rounds", type=int, default=5)
     q.add_argument("--device", default="cpu")
     q = bsub.add_parser("kv-cache", help="time per token vs length with/without cache; KV bytes")
     q.add_argument("--lengths", default="128,256,512,1024,2048")

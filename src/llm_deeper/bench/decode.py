@@ -33,7 +33,7 @@ def _t(fn) -> float:
     return time.perf_counter() - t0
 
 
-def run(model: str = "smollm2-135m", batch_sizes=(1, 8), new_tokens: int = 64, rounds: int = 3,
+def run(model: str = "smollm2-135m", batch_sizes=(1, 8), new_tokens: int = 64, rounds: int = 5,
         device: str = "cpu", log=print) -> dict:
     import torch
 

@@ -41,6 +41,15 @@ def attend(q, k, v, pos0: int, use_sdpa: bool, p_drop: float, training: bool, bi
            scale: float | None = None):
     """q: (B, H, T, d); k, v: (B, H or KV, S, d). The core shared by every attention kind."""
     T, S, H = q.shape[2], k.shape[2], q.shape[1]
+    if T == 1 and bias is None and p_drop == 0.0:
+        # Decoding one token: a (1 x S) row of scores per head. Grouped views instead of a fused
+        # kernel: on CPU the kernel's set-up costs more than this whole product.
+        B, KV, d = q.shape[0], k.shape[1], q.shape[-1]
+        qg = q.view(B, KV, H // KV, 1, d)
+        att = (qg @ k.unsqueeze(2).transpose(-1, -2)) * (scale if scale is not None
+                                                         else 1 / math.sqrt(d))
+        out = att.softmax(-1) @ v.unsqueeze(2)  # (B, KV, G, 1, dv)
+        return out.view(B, H, 1, v.shape[-1])
     if use_sdpa:
         kw = {"enable_gqa": True} if k.shape[1] != H else {}
         if bias is not None:
