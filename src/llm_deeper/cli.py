@@ -111,6 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tokenizer", required=True, help="tokenizer.json, GGUF, or smollm2-135m")
     q.add_argument("text")
 
+    p = sub.add_parser("eval", help="evaluate a model (perplexity; more metrics come with hf/)")
+    esub = p.add_subparsers(dest="eval_command", required=True)
+    q = esub.add_parser("perplexity", help="sliding-window perplexity on a text")
+    src = q.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint directory")
+    src.add_argument("--model", help="a registry name (smollm2-135m) or a GGUF path")
+    q.add_argument("--data", default="works")
+    q.add_argument("--split", choices=["train", "val", "all"], default="val",
+                   help="the 90/10 character split of the text (val: the last 10 %%)")
+    q.add_argument("--window", type=int, default=None, help="tokens per window (the context)")
+    q.add_argument("--stride", type=int, default=None, help="window start spacing (window/2)")
+    q.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens")
+
     sub.add_parser("toy", help="tinygpt (2,453 parameters) learns to sort digits")
 
     p = sub.add_parser("bench", help="benchmarks (ratios side by side, one JSON line)")
@@ -191,6 +204,8 @@ def _dispatch(args) -> int | None:
         return _tokenizer(args)
     elif cmd == "export":
         return _export(args)
+    elif cmd == "eval":
+        return _eval(args)
     elif cmd == "toy":
         import numpy as np
 
@@ -284,6 +299,46 @@ def _generate(args) -> int:
             run_one(line)
         except UserError as exc:  # one bad prompt does not end the session
             print(f"error: {exc}", file=sys.stderr)
+    return 0
+
+
+def _eval(args) -> int:
+    import numpy as np
+
+    from .data import load_text
+    from .evaluation.perplexity import numpy_logprobs, perplexity, torch_logprobs
+
+    text = load_text(args.data)
+    cut = int(len(text) * 0.9)
+    text = {"train": text[:cut], "val": text[cut:], "all": text}[args.split]
+    if args.checkpoint:
+        from .workflows import load_model
+
+        model, tok = load_model(args.checkpoint)
+        fn, ctx, name = numpy_logprobs(model), model.cfg.context_length, args.checkpoint
+    else:
+        from pathlib import Path
+
+        from . import models
+        from .torch_engine.model import TorchGPT
+        from .weights import load_gguf
+
+        path = models.require(args.model) if args.model in models.REGISTRY else Path(args.model)
+        pre = load_gguf(path)
+        tok, name = pre.tokenizer, args.model
+        fn, ctx = torch_logprobs(TorchGPT(pre.config, pre.params).eval()), pre.config.context_length
+    window = min(args.window or ctx, ctx)
+    stride = args.stride or max(1, window // 2)
+    ids = np.asarray(tok.encode(text))
+    if args.max_tokens:
+        ids = ids[:args.max_tokens]
+    r = perplexity(fn, ids, window, stride, progress=True)
+    print(f"{name} on {args.data} ({args.split} split, {r.tokens:,} predicted tokens): "
+          f"perplexity {r.perplexity:.3f} (NLL {r.nll:.4f} nats/token), window {r.window}, "
+          f"stride {r.stride}, {r.windows} windows")
+    print(json.dumps({"eval": "perplexity", "model": name, "data": args.data, "split": args.split,
+                      "perplexity": round(r.perplexity, 4), "nll": round(r.nll, 5),
+                      "tokens": r.tokens, "window": r.window, "stride": r.stride}))
     return 0
 
 

@@ -1,0 +1,69 @@
+"""Sliding-window perplexity: weights windows by their new tokens, equals the direct computation
+when stride = window, and drops with more context."""
+
+import math
+
+import numpy as np
+import pytest
+
+from llm_deeper.config import ModelConfig
+from llm_deeper.errors import UserError
+from llm_deeper.evaluation.perplexity import numpy_logprobs, perplexity, torch_logprobs
+from llm_deeper.numpy_engine.model import GPT
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = ModelConfig(vocab_size=23, context_length=16, n_layer=2, n_head=2, d_model=16,
+                      position="rope", norm="rmsnorm", activation="swiglu")
+    return GPT(cfg, seed=0, dtype=np.float64)
+
+
+def test_stride_equal_window_is_the_direct_computation(model):
+    ids = np.random.default_rng(0).integers(0, 23, 101)  # 100 targets: 6 full chunks + a short one
+    lp = numpy_logprobs(model)
+    r = perplexity(lp, ids, window=16)
+    nll = 0.0
+    for b in range(0, 101, 16):  # chunks of 16: each predicts its own tokens 1..15
+        chunk = ids[b:b + 16]
+        if len(chunk) > 1:
+            nll -= lp(chunk).sum()
+    n = sum(len(ids[b:b + 16]) - 1 for b in range(0, 101, 16) if len(ids[b:b + 16]) > 1)
+    assert r.tokens == n and r.windows == 7
+    assert r.nll == pytest.approx(nll / n, rel=1e-12)
+    assert r.perplexity == pytest.approx(math.exp(nll / n))
+
+
+def test_sliding_window_scores_every_token_once(model):
+    ids = np.random.default_rng(1).integers(0, 23, 60)
+    for stride in (1, 4, 15):
+        r = perplexity(numpy_logprobs(model), ids, window=16, stride=stride)
+        assert r.tokens == 59, stride  # every token but the first, exactly once
+    # without overlap, the first token of each later window has no context and is not scored
+    r = perplexity(numpy_logprobs(model), ids, window=16, stride=16)
+    assert r.tokens == 59 - (r.windows - 1) == 56
+    nll = {s: perplexity(numpy_logprobs(model), ids, 16, s).nll for s in (4, 16)}
+    assert np.isfinite(list(nll.values())).all()
+
+
+def test_a_window_covering_the_text_is_one_pass(model):
+    ids = np.random.default_rng(2).integers(0, 23, 16)
+    r = perplexity(numpy_logprobs(model), ids, window=16, stride=8)
+    assert r.windows == 1 and r.tokens == 15
+    assert r.nll == pytest.approx(-numpy_logprobs(model)(ids).mean())
+
+
+def test_torch_and_numpy_agree(model):
+    from llm_deeper.torch_engine.model import TorchGPT
+    import torch
+
+    t = TorchGPT(model.cfg, model.params, dtype=torch.float64).eval()
+    ids = np.random.default_rng(3).integers(0, 23, 50)
+    a = perplexity(numpy_logprobs(model), ids, 16, 8).perplexity
+    b = perplexity(torch_logprobs(t), ids, 16, 8).perplexity
+    assert a == pytest.approx(b, rel=1e-10)
+
+
+def test_bad_stride():
+    with pytest.raises(UserError, match="stride"):
+        perplexity(lambda ids: np.zeros(len(ids) - 1), np.arange(10), window=4, stride=5)
