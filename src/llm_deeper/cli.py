@@ -79,17 +79,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(p)
     p.set_defaults(temperature=0.0, max_tokens=256)
 
-    p = sub.add_parser("finetune", help="full or LoRA fine-tuning of a checkpoint")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", default="sonnets")
-    p.add_argument("--method", choices=["full", "lora"], default="lora")
+    p = sub.add_parser("finetune", help="full or LoRA fine-tuning: a NumPy checkpoint on text, "
+                       "or (--model) a real model with TRL + PEFT on a conversation dataset")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="NumPy engine: a checkpoint to adapt to --data")
+    src.add_argument("--model", help="HF path: smollm2-135m, an HF directory or a hub id")
+    p.add_argument("--data", default="sonnets", help="NumPy engine: the text to adapt to")
+    p.add_argument("--dataset", default="toolcalls",
+                   help="HF path: 'toolcalls' (built in) or a JSONL/JSON/CSV file")
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--method", choices=["full", "lora", "qlora"], default="lora")
     p.add_argument("--out", default="runs/finetune")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=12)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=16.0)
-    p.add_argument("--targets", default="wq,wv", help="comma-separated, or all-linear")
+    p.add_argument("--targets", default="wq,wv",
+                   help="LoRA targets, comma-separated (NumPy names wq,wk,...; HF module names "
+                   "q_proj,... with --model, where the default means all-linear), or all-linear")
     p.add_argument("--merge", default=None, metavar="DIR", help="also write the merged model")
     p.add_argument("--no-progress", action="store_true")
 
@@ -191,7 +200,26 @@ def _dispatch(args) -> int | None:
         from .chat import chat_loop
 
         chat_loop(args.model, args.engine, _sampling(args), system=args.system)
+    elif cmd == "finetune" and args.model:
+        from .data.sft import load_sft
+        from .data.toolcalls import tool_calling_dataset
+        from .hf.finetune import finetune
+
+        splits = tool_calling_dataset() if args.dataset == "toolcalls" else load_sft(args.dataset)
+        rows = [r for r in splits["train"] if "messages" in r]
+        if not rows:
+            raise UserError("the HF fine-tuning path trains on 'messages' conversations; "
+                            "this dataset's training split has none.")
+        targets = "all-linear" if args.targets in ("all-linear", "wq,wv") else \
+            [t.strip() for t in args.targets.split(",")]
+        r = finetune(args.model, rows, args.out, method=args.method, steps=args.steps,
+                     lr=args.lr, batch_size=args.batch_size, rank=args.rank, alpha=args.alpha,
+                     targets=targets, max_length=args.max_length, resume=args.resume,
+                     merge_out=args.merge, progress=not args.no_progress)
+        print(json.dumps(r))
     elif cmd == "finetune":
+        if args.method == "qlora":
+            raise UserError("--method qlora is for real models (--model) on a GPU.")
         from .workflows import finetune_run
 
         r = finetune_run(checkpoint=args.checkpoint, data=args.data, method=args.method,
