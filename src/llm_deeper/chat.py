@@ -60,7 +60,6 @@ def pretrained_engine(model: str, engine: str):
 
 def _hf_engine(path):
     """transformers reading the same GGUF; the cache lives in past_key_values."""
-    import numpy as np  # noqa: F401
     import torch
     from transformers import AutoModelForCausalLM
 
