@@ -55,3 +55,16 @@ def test_qlora_without_its_requirements_says_so(tmp_path):
 
     with pytest.raises(UserError, match="qlora needs"):
         finetune("smollm2-135m", [], str(tmp_path), method="qlora")
+
+
+def test_eval_toolcalls_command_scores_the_base_model():
+    smollm2_or_skip()
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "llm_deeper", "eval", "toolcalls", "--n", "3"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["examples"] == 3 and 0 <= out["exact_match"] <= out["tool_name_accuracy"] <= 1

@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--stride", type=int, default=None, help="window start spacing (window/2)")
     q.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens")
 
+    q = esub.add_parser("toolcalls", help="tool-name accuracy and exact match on the held-out "
+                        "split of the built-in tool-calling task (HF path)")
+    q.add_argument("--model", default="smollm2-135m")
+    q.add_argument("--adapter", default=None, help="a PEFT adapter directory")
+    q.add_argument("--n", type=int, default=40, help="test conversations to score")
+
     sub.add_parser("toy", help="tinygpt (2,453 parameters) learns to sort digits")
 
     p = sub.add_parser("bench", help="benchmarks (ratios side by side, one JSON line)")
@@ -332,6 +338,17 @@ def _generate(args) -> int:
 
 def _eval(args) -> int:
     import numpy as np
+
+    if args.eval_command == "toolcalls":
+        from .data.toolcalls import tool_calling_dataset
+        from .hf.models import load
+        from .hf.toolcall_eval import generate_replies, score
+
+        test = tool_calling_dataset()["test"][:args.n]
+        model, tok = load(args.model, adapter=args.adapter)
+        r = score(test, generate_replies(model, tok, test, max_new_tokens=64, progress=True))
+        print(json.dumps({"eval": "toolcalls", "model": args.model, "adapter": args.adapter, **r}))
+        return 0
 
     from .data import load_text
     from .evaluation.perplexity import numpy_logprobs, perplexity, torch_logprobs

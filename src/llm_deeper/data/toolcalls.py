@@ -121,7 +121,7 @@ def _answer(task, args, result) -> str:
     return f"'{args['word']}' appears {result} times in {args['title']}."
 
 
-def tool_calling_dataset(n_train: int = 800, n_val: int = 100, n_test: int = 200,
+def tool_calling_dataset(n_train: int = 1200, n_val: int = 50, n_test: int = 200,
                          seed: int = 0) -> dict[str, list[dict]]:
     rng = random.Random(seed)
     return {"train": [make_example(rng, "train") for _ in range(n_train)],
