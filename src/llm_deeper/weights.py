@@ -69,17 +69,16 @@ def gguf_config(meta: dict) -> ModelConfig:
 
 def load_gguf(path, dtype=np.float32) -> Pretrained:
     """Read a Llama-architecture GGUF: config, dequantized float weights, tokenizer, template."""
-    from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from .tokenizers.pretrained import from_gguf, gguf_metadata
+    from .tokenizers.pretrained import from_gguf, gguf_metadata, open_gguf
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no GGUF file at {path}.")
-    meta = gguf_metadata(path)
+    reader = open_gguf(path)  # parsed once, for both the metadata and the tensors
+    meta = gguf_metadata(path, reader)
     cfg = gguf_config(meta)
-    reader = GGUFReader(str(path))
     params: dict[str, np.ndarray] = {}
     for t in reader.tensors:
         try:

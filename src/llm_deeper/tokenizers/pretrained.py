@@ -27,14 +27,19 @@ GGUF_PRE = {
 CONTROL = 3
 
 
-def gguf_metadata(path) -> dict:
-    """Read the GGUF key/value metadata (no tensors) into plain Python values."""
+def open_gguf(path):
+    """A `gguf.GGUFReader` for the file, or one sentence saying it is not a GGUF."""
     from gguf import GGUFReader
 
     try:
-        reader = GGUFReader(str(path))
+        return GGUFReader(str(path))
     except Exception as exc:  # noqa: BLE001 - the gguf reader raises many kinds
         raise UserError(f"{path} is not a readable GGUF file ({exc}).") from None
+
+
+def gguf_metadata(path, reader=None) -> dict:
+    """Read the GGUF key/value metadata (no tensors) into plain Python values."""
+    reader = reader if reader is not None else open_gguf(path)
     out = {}
     for key, field in reader.fields.items():
         try:
