@@ -3,7 +3,6 @@ HF `tokenizers` (exact ids) on every line of the works corpus and on hypothesis 
 
 import json
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -68,3 +68,27 @@ def test_wrong_columns_name_what_was_found(tmp_path):
         load_sft(tmp_path / "bad.jsonl")
     with pytest.raises(UserError, match="no dataset file"):
         load_sft(tmp_path / "missing.jsonl")
+
+
+def test_both_shapes_become_conversations_and_hub_ids_fail_clearly(tmp_path, monkeypatch):
+    from llm_deeper.data.sft import as_messages
+
+    assert as_messages({"prompt": "2+2?", "completion": "4"}) == [
+        {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    conv = [{"role": "user", "content": "hi"}]
+    assert as_messages({"prompt": conv, "completion": [{"role": "assistant", "content": "yo"}]}) \
+        == conv + [{"role": "assistant", "content": "yo"}]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="hub datasets need the network"):
+        load_sft("nobody-here/no-such-dataset")
+
+
+def test_count_word_reads_titles_only():
+    from llm_deeper.tools import count_word, title_key
+
+    assert title_key("Romeo and Juliet") == title_key(" romeo_and_juliet ") == "romeo_and_juliet"
+    assert title_key("The Tempest") == "tempest"
+    assert count_word("/etc/passwd", "root").startswith("error: no work titled")
+    assert count_word("../../secrets", "x").startswith("error")

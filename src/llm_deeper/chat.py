@@ -7,6 +7,7 @@ exactly the token ids that `tokenizer.apply_chat_template` gives (tests/test_pre
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Callable
 
@@ -30,13 +31,22 @@ def render_chat(template: str, messages: list[dict], add_generation_prompt: bool
                                             add_generation_prompt=add_generation_prompt, **extra)
 
 
-def pretrained_engine(model: str, engine: str):
-    """(next_logits, tokenizer, chat_template, stop_ids) for a registry name or a GGUF path."""
+def pretrained_engine(model: str, engine: str, adapter: str | None = None):
+    """(next_logits, tokenizer, chat_template, stop_ids) for a registry name, a GGUF path or
+    (engine hf) an HF directory or hub id, with an optional PEFT adapter (engine hf)."""
     from pathlib import Path
 
     from . import models
     from .weights import load_gguf
 
+    if adapter or (engine == "hf" and not str(model).endswith(".gguf")):
+        if engine != "hf":
+            raise UserError("--adapter (a PEFT adapter) runs on transformers: add --engine hf.")
+        from .hf.models import engine as hf_engine
+
+        return hf_engine(model, adapter)
+    if Path(model).is_dir():
+        raise UserError(f"{model} is a directory: an HF model runs with --engine hf.")
     path = models.require(model) if model in models.REGISTRY else Path(model)
     if engine == "hf":
         return _hf_engine(path)
@@ -59,47 +69,43 @@ def pretrained_engine(model: str, engine: str):
 
 
 def _hf_engine(path):
-    """transformers reading the same GGUF; the cache lives in past_key_values."""
+    """transformers reading the same GGUF file."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from .hf.models import next_logits_fn
     from .tokenizers import from_gguf
     from .tokenizers.pretrained import gguf_metadata
 
     meta = gguf_metadata(path)
     hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                               dtype=torch.float32).eval()
-
-    @torch.inference_mode()
-    def fn(ids, state):
-        past, fed = state.get("past"), state.get("fed", 0)
-        x = torch.tensor([ids[fed:] if past is not None else ids])
-        out = hf(input_ids=x, past_key_values=past, use_cache=True)
-        state.update(past=out.past_key_values, fed=len(ids))
-        return out.logits[0, -1].float().numpy()
-
+    fn = next_logits_fn(hf)
     stop = [meta["tokenizer.ggml.eos_token_id"]] if "tokenizer.ggml.eos_token_id" in meta else []
     return fn, from_gguf(path, meta), meta.get("tokenizer.chat_template"), stop
 
 
 def chat_loop(model: str, engine: str, params, system: str | None = None, inp=input,
-              out=sys.stdout) -> list[dict]:
-    """Multi-turn conversation in the terminal; returns the transcript."""
-    from .generation import stream
+              out=sys.stdout, adapter: str | None = None, tools: bool = False,
+              max_tool_rounds: int = 4) -> list[dict]:
+    """Multi-turn conversation in the terminal; returns the transcript.
 
-    fn, tok, template, stop = pretrained_engine(model, engine)
+    With tools=True the system message lists the built-in tools (tools.py); when the model's reply
+    holds <tool_call>s they are run, their results go back as `tool` messages and the model
+    continues, at most max_tool_rounds times per request.
+    """
+    from .generation import stream
+    from .tools import parse_tool_calls, run_call, tools_system_prompt
+
+    fn, tok, template, stop = pretrained_engine(model, engine, adapter)
     if not template:
         raise UserError(f"{model} has no chat template; use 'llm-deeper generate' instead.")
+    if tools:
+        system = tools_system_prompt() + (f"\n{system}" if system else "")
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
     print("Chat with the model (an empty line or Ctrl-D ends).", file=sys.stderr)
-    while True:
-        try:
-            line = inp("you> ")
-        except EOFError:
-            break
-        if not line.strip():
-            break
-        messages.append({"role": "user", "content": line})
+
+    def reply() -> str:
         ids = tok.encode(render_chat(template, messages))
         out.write("assistant> ")
         gen = stream(fn, tok, ids, params, stop)
@@ -113,5 +119,24 @@ def chat_loop(model: str, engine: str, params, system: str | None = None, inp=in
             out.write(piece)
             out.flush()
         out.write("\n")
-        messages.append({"role": "assistant", "content": "".join(text).strip()})
+        return "".join(text).strip()
+
+    while True:
+        try:
+            line = inp("you> ")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        messages.append({"role": "user", "content": line})
+        for _ in range(max_tool_rounds + 1):
+            text = reply()
+            messages.append({"role": "assistant", "content": text})
+            calls = parse_tool_calls(text)[0] if tools else []
+            if not calls:
+                break
+            for call in calls:
+                result = run_call(call)
+                out.write(f"tool> {call['name']}({json.dumps(call['arguments'])}) -> {result}\n")
+                messages.append({"role": "tool", "content": result})
     return messages

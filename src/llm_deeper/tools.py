@@ -108,15 +108,25 @@ def days_between(start: str, end: str) -> str:
         return f"error: {exc}"
 
 
-def count_word(title: str, word: str) -> str:
-    """How often a word occurs (whole word, any case) in one of Shakespeare's works."""
-    from .data import load_text
+def title_key(title: str) -> str:
+    """'Romeo and Juliet', 'romeo_and_juliet', ' The Tempest ' -> the corpus name."""
+    key = re.sub(r"[^a-z0-9]+", "_", title.lower().replace("'", "")).strip("_")
+    return key[4:] if key.startswith("the_") else key
 
+
+def count_word(title: str, word: str) -> str:
+    """How often a word occurs (whole word, any case) in one of Shakespeare's works. The title is
+    matched loosely (case, spaces, a leading 'The'); only corpus titles are read, never a path."""
+    from .data import shakespeare
+
+    key = title_key(str(title))
     try:
-        text = load_text(title)
+        if key not in shakespeare.titles():
+            return f"error: no work titled '{title}'"
+        text = shakespeare.load_text(key)
     except UserError as exc:
         return f"error: {exc}"
-    return str(len(re.findall(rf"\b{re.escape(word)}\b", text, flags=re.IGNORECASE)))
+    return str(len(re.findall(rf"\b{re.escape(str(word))}\b", text, flags=re.IGNORECASE)))
 
 
 def _obj(props: dict, required: list[str]) -> dict:
@@ -137,7 +147,7 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
          _obj({"start": {"type": "string"}, "end": {"type": "string"}}, ["start", "end"]),
          days_between),
     Tool("count_word", "Count how often a word occurs in one of Shakespeare's works "
-         "(title like 'hamlet' or 'sonnets').",
+         "(title as written, like 'Hamlet' or 'Romeo and Juliet').",
          _obj({"title": {"type": "string"}, "word": {"type": "string"}}, ["title", "word"]),
          count_word),
 ]}
@@ -187,5 +197,5 @@ def run_call(call: dict) -> str:
         return f"error: unknown tool '{call['name']}'"
     try:
         return tool.fn(**call["arguments"])
-    except TypeError as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         return f"error: bad arguments ({exc})"

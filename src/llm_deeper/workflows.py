@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import load_checkpoint
-from .config import ModelConfig, preset
+from .config import preset
 from .errors import UserError
 
 

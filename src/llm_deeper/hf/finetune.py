@@ -38,6 +38,52 @@ def tokenize_conversation(tok, messages: list[dict], max_length: int) -> dict:
     return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
 
 
+def _throughput_callback(log):
+    """Prints step, loss and training tokens/s at each logging step (rank 0 only)."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class Throughput(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last = (time.perf_counter(), None)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs or "loss" not in logs:
+                return
+            now, tokens = time.perf_counter(), float(logs.get("num_tokens", 0))
+            t0, n0 = self.last
+            rate = "" if n0 is None else f", {(tokens - n0) / (now - t0):,.0f} tokens/s"
+            self.last = (now, tokens)
+            log(f"step {state.global_step}/{state.max_steps}: loss {float(logs['loss']):.4f}"
+                f"{rate}")
+
+    return Throughput()
+
+
+def check_method(method: str):
+    """None, or the 4-bit quantization config QLoRA loads the model with; refuses clearly what
+    cannot run here."""
+    import torch
+
+    if method not in ("full", "lora", "qlora"):
+        raise UserError(f"--method must be full, lora or qlora, got '{method}'.")
+    if method != "qlora":
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError("--method qlora needs bitsandbytes (pip install bitsandbytes) and a "
+                        "CUDA GPU; use --method lora on this machine.") from None
+    if not torch.cuda.is_available():
+        raise UserError("--method qlora needs a CUDA GPU (4-bit kernels); this machine has "
+                        "none, use --method lora.")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
 def finetune(model: str, rows: list[dict], out: str, *, method: str = "lora", steps: int = 100,
              lr: float | None = None, batch_size: int = 8, rank: int = 16, alpha: float = 32.0,
              dropout: float = 0.0, targets="all-linear", max_length: int = 512,
@@ -45,35 +91,26 @@ def finetune(model: str, rows: list[dict], out: str, *, method: str = "lora", st
              progress: bool = True, log=print) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from .models import hf_dir
+    from ..data.sft import as_messages
+    from ..paths import atomic_dir
+    from .models import from_pretrained, save_model
 
-    if method not in ("full", "lora", "qlora"):
-        raise UserError(f"--method must be full, lora or qlora, got '{method}'.")
+    quant = check_method(method)
     cuda = torch.cuda.is_available()
-    quant = None
-    if method == "qlora":
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise UserError("--method qlora needs bitsandbytes (pip install bitsandbytes) and a "
-                            "CUDA GPU; use --method lora on this machine.") from None
-        if not cuda:
-            raise UserError("--method qlora needs a CUDA GPU (4-bit kernels); this machine has "
-                            "none, use --method lora.")
-        from transformers import BitsAndBytesConfig
-
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                   bnb_4bit_compute_dtype=torch.bfloat16)
-    path = hf_dir(model)
-    tok = AutoTokenizer.from_pretrained(path)
+    if not rows:
+        raise UserError("the dataset's training split is empty.")
+    tok, m = from_pretrained(model, dtype=torch.bfloat16 if cuda else torch.float32,
+                             quantization_config=quant)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    m = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.bfloat16 if cuda else torch.float32, quantization_config=quant)
-    data = Dataset.from_list([tokenize_conversation(tok, r["messages"], max_length) for r in rows])
+    encoded = [tokenize_conversation(tok, as_messages(r), max_length) for r in rows]
+    if not any(any(lab != -100 for lab in e["labels"]) for e in encoded):
+        raise UserError(f"no conversation has an assistant turn within the first {max_length} "
+                        "tokens; raise --max-length (or check that the rows have assistant "
+                        "turns).")
+    data = Dataset.from_list(encoded)
     peft_config = None
     if method in ("lora", "qlora"):
         from peft import LoraConfig
@@ -89,21 +126,26 @@ def finetune(model: str, rows: list[dict], out: str, *, method: str = "lora", st
         bf16=cuda, use_cpu=not cuda, packing=False, max_length=max_length,
         disable_tqdm=not progress, dataloader_num_workers=0, gradient_checkpointing=False)
     trainer = SFTTrainer(model=m, args=args, train_dataset=data, processing_class=tok,
-                         peft_config=peft_config)
+                         peft_config=peft_config, callbacks=[_throughput_callback(log)])
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
     log(f"{method}: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.2f} %)")
     has_ckpt = any(Path(out).glob("checkpoint-*")) if Path(out).is_dir() else False
     result = trainer.train(resume_from_checkpoint=True if (resume and has_ckpt) else None)
     final = Path(out) / ("adapter" if peft_config else "model")
-    trainer.save_model(str(final))
-    tok.save_pretrained(str(final))
-    if merge_out and peft_config is not None:
-        merged = trainer.model.merge_and_unload()
-        merged.save_pretrained(merge_out)
-        tok.save_pretrained(merge_out)
+    if trainer.is_world_process_zero():
+        if peft_config:
+            with atomic_dir(final) as tmp:
+                trainer.model.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+        else:
+            save_model(trainer.model, tok, final)
+        if merge_out and peft_config is not None:
+            save_model(trainer.model.merge_and_unload(), tok, merge_out)
     size = sum(f.stat().st_size for f in final.glob("*.safetensors"))
     return {"method": method, "trainable_params": trainable, "total_params": total,
             "trainable_share": trainable / total, "train_loss": result.training_loss,
             "seconds": result.metrics.get("train_runtime"), "output": str(final),
+            "world_size": trainer.args.world_size,
+            "global_batch_size": batch_size * trainer.args.world_size,
             "weights_bytes": size}

@@ -34,18 +34,95 @@ def hf_dir(model: str) -> str:
 def load(model: str, adapter: str | None = None, dtype=None):
     """(model, tokenizer) with transformers (and PEFT when an adapter is given)."""
     import torch
+
+    tok, m = from_pretrained(model, dtype=dtype or torch.float32)
+    if adapter:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise UserError(f"{adapter} is not a PEFT adapter directory (no adapter_config.json).")
+        m = PeftModel.from_pretrained(m, adapter)
+    return m.eval(), tok
+
+
+def from_pretrained(model: str, **kwargs):
+    """(tokenizer, model) with transformers; a model that cannot be had gets one sentence."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = hf_dir(model)
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        m = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+        m = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
-        raise UserError(f"cannot load '{model}' ({str(exc).splitlines()[0]}); for a registry "
-                        f"model run 'llm-deeper models pull {model}', for a hub id be online.") \
-            from None
-    if adapter:
-        from peft import PeftModel
+        raise UserError(f"cannot load '{model}' ({str(exc).splitlines()[0][:200]}); a registry "
+                        f"model needs 'llm-deeper models pull NAME' (known: "
+                        f"{', '.join(models.REGISTRY)}), a hub id needs the network.") from None
+    return tok, m
 
-        m = PeftModel.from_pretrained(m, adapter)
-    return m.eval(), tok
+
+def merge(model: str, adapter: str, out: str) -> str:
+    """Fold a LoRA adapter into the base weights (W + B A * alpha/r) and write a plain HF model
+    that loads without PEFT. Written to a temporary sibling and swapped into place."""
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise UserError(f"{adapter} is not a PEFT adapter directory (no adapter_config.json).")
+    m, tok = load(model, adapter=adapter)
+    save_model(m.merge_and_unload(), tok, out)
+    return str(out)
+
+
+def save_model(model, tok, out) -> None:
+    """save_pretrained, atomically, with a config every consumer reads the same way."""
+    import json
+
+    from ..paths import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        cfg_path = Path(tmp) / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        # transformers 5 writes rope_theta only inside rope_parameters; vLLM and mlx-lm read the
+        # top-level key (mlx-lm silently falls back to 10000 and produces garbage for SmolLM2).
+        theta = (cfg.get("rope_parameters") or {}).get("rope_theta")
+        if theta is not None and "rope_theta" not in cfg:
+            cfg["rope_theta"] = theta
+            cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+class TextTokenizer:
+    """An HF tokenizer with the small interface the generation loop uses: encode(text) without
+    added special tokens (the chat template already wrote them) and decode(ids)."""
+
+    def __init__(self, tok):
+        self.hf = tok
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=True)
+
+
+def next_logits_fn(model):
+    """next_logits(ids, state) for generation.stream: the KV cache lives in past_key_values."""
+    import torch
+
+    @torch.inference_mode()
+    def fn(ids, state):
+        past, fed = state.get("past"), state.get("fed", 0)
+        x = torch.tensor([ids[fed:] if past is not None else ids])
+        out = model(input_ids=x, past_key_values=past, use_cache=True)
+        state.update(past=out.past_key_values, fed=len(ids))
+        return out.logits[0, -1].float().numpy()
+
+    return fn
+
+
+def engine(model: str, adapter: str | None = None):
+    """(next_logits, tokenizer, chat_template, stop_ids) through transformers (+ PEFT)."""
+    m, tok = load(model, adapter=adapter)
+    eos = m.generation_config.eos_token_id
+    stop = [eos] if isinstance(eos, int) else list(eos or [])
+    if tok.eos_token_id is not None and tok.eos_token_id not in stop:
+        stop.append(tok.eos_token_id)
+    return next_logits_fn(m), TextTokenizer(tok), tok.chat_template, stop

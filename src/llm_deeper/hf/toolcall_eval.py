@@ -1,45 +1,126 @@
-"""Task metrics of the built-in tool-calling task: does the model call the right tool with the
-right arguments (or answer directly when no tool is needed)?"""
+"""Evaluate a model (with or without an adapter) on conversations, the way it will be used.
+
+For the built-in tool-calling task every test conversation is played as an agent would play it:
+the model sees the system prompt and the request, its reply is parsed for tool calls, the calls
+are run with the real tools, the results go back as `tool` messages and the model writes its
+final answer. Scored:
+
+* tool-name accuracy: the called tools (in order) are the reference's (none for no-tool requests);
+* exact match: names and arguments equal the reference (JSON-equal);
+* answer correctness: the final answer contains the reference tool result as a whole word (for a
+  no-tool request: the model called no tool);
+* ROUGE-1/2/L and BERTScore of the final answer against the reference answer.
+
+For any other dataset (`conversation_metrics`) the model answers the last assistant turn of each
+conversation from what precedes it, scored with ROUGE and BERTScore.
+
+Generation is greedy and batched (left padding), with transformers' `generate`.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 
-from ..tools import parse_tool_calls
+from ..tools import parse_tool_calls, run_call
 
 
 def first_turn(example: dict) -> list[dict]:
     """The conversation up to the assistant's first reply (system + user)."""
-    return [m for m in example["messages"][:2]]
+    msgs = example["messages"]
+    first = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    return msgs[:first]
 
 
-def score(examples: list[dict], replies: list[str]) -> dict:
-    n = len(examples)
-    name_ok = args_ok = 0
-    for ex, reply in zip(examples, replies):
-        calls, _ = parse_tool_calls(reply)
-        want = ex["calls"]
-        if [c["name"] for c in calls] == [c["name"] for c in want]:
-            name_ok += 1
-            same = [json.dumps(a["arguments"], sort_keys=True) == json.dumps(b["arguments"],
-                                                                              sort_keys=True)
-                    for a, b in zip(calls, want)]
-            if all(same):
-                args_ok += 1
-    return {"examples": n, "tool_name_accuracy": name_ok / n, "exact_match": args_ok / n}
-
-
-def generate_replies(model, tok, examples: list[dict], max_new_tokens: int = 96,
-                     progress: bool = False) -> list[str]:
+def generate_batch(model, tok, conversations: list[list[dict]], max_new_tokens: int = 96,
+                   batch_size: int = 8, progress: bool = False, desc: str = "generate") -> list[str]:
+    """Greedy replies to each conversation (chat template + generation prompt)."""
     import torch
     from tqdm.auto import tqdm
 
-    out = []
-    for ex in tqdm(examples, desc="generate", disable=not progress):
-        ids = tok.apply_chat_template(first_turn(ex), add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=True)["input_ids"]
-        with torch.inference_mode():
-            gen = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id or tok.eos_token_id)
-        out.append(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
+    side, tok.padding_side = tok.padding_side, "left"
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out: list[str] = []
+    try:
+        for i in tqdm(range(0, len(conversations), batch_size), desc=desc, disable=not progress):
+            texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                     for c in conversations[i:i + batch_size]]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.inference_mode():
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     temperature=None, top_p=None, top_k=None, pad_token_id=pad)
+            n = enc["input_ids"].shape[1]
+            out += [tok.decode(g[n:], skip_special_tokens=True).strip() for g in gen]
+    finally:
+        tok.padding_side = side
     return out
+
+
+def play(model, tok, examples: list[dict], batch_size: int = 8, progress: bool = False) -> list[dict]:
+    """Each example played to its final answer: first reply, calls, tool results, answer."""
+    firsts = generate_batch(model, tok, [first_turn(ex) for ex in examples], 96, batch_size,
+                            progress, "tool calls")
+    records, follow = [], []
+    for ex, reply in zip(examples, firsts):
+        calls, _ = parse_tool_calls(reply)
+        rec = {"request": first_turn(ex)[-1]["content"], "reply": reply, "calls": calls,
+               "answer": reply}
+        if calls:
+            conv = first_turn(ex) + [{"role": "assistant", "content": reply}] + \
+                [{"role": "tool", "content": run_call(c)} for c in calls]
+            rec["results"] = [m["content"] for m in conv[len(first_turn(ex)) + 1:]]
+            follow.append((rec, conv))
+        records.append(rec)
+    answers = generate_batch(model, tok, [c for _, c in follow], 64, batch_size, progress,
+                             "answers")
+    for (rec, _), ans in zip(follow, answers):
+        rec["answer"] = ans
+    return records
+
+
+def _same_args(a: dict, b: dict) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def score(examples: list[dict], records: list[dict], text_metrics: bool = True) -> dict:
+    n = len(examples)
+    name_ok = args_ok = answer_ok = 0
+    for ex, rec in zip(examples, records):
+        want, got = ex["calls"], rec["calls"]
+        if [c["name"] for c in got] == [c["name"] for c in want]:
+            name_ok += 1
+            args_ok += all(_same_args(a["arguments"], b["arguments"]) for a, b in zip(got, want))
+        if want:
+            result = ex["messages"][3]["content"]
+            answer_ok += bool(re.search(rf"(?<![\w.-]){re.escape(result)}(?![\w]|\.\d)",
+                                        rec["answer"]))
+        else:
+            answer_ok += not got and bool(rec["answer"])
+    out = {"examples": n, "tool_name_accuracy": name_ok / n, "exact_match": args_ok / n,
+           "answer_correct": answer_ok / n}
+    if text_metrics:
+        out.update(text_scores([r["answer"] for r in records],
+                               [ex["messages"][-1]["content"] for ex in examples]))
+    return out
+
+
+def text_scores(predictions: list[str], references: list[str]) -> dict:
+    from ..evaluation.text_metrics import bertscore, rouge
+
+    return {**rouge(predictions, references), **bertscore(predictions, references)}
+
+
+def conversation_metrics(model, tok, rows: list[dict], batch_size: int = 8,
+                         max_new_tokens: int = 128, progress: bool = False) -> tuple[dict, list]:
+    """ROUGE and BERTScore of the model's last assistant turn against the reference."""
+    from ..data.sft import as_messages
+
+    prompts, refs = [], []
+    for r in rows:
+        msgs = as_messages(r)
+        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+        prompts.append(msgs[:last])
+        refs.append(msgs[last]["content"])
+    preds = generate_batch(model, tok, prompts, max_new_tokens, batch_size, progress)
+    records = [{"reference": r, "answer": p} for r, p in zip(refs, preds)]
+    return {"examples": len(rows), **text_scores(preds, refs)}, records

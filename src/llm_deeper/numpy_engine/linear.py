@@ -10,8 +10,6 @@ B starts at zero, so training starts from exactly the base model.
 
 from __future__ import annotations
 
-import numpy as np
-
 
 def linear_forward(x, w, b=None, lora=None):
     # Flatten the leading axes first: one (B*T, in) x (in, out) GEMM is far faster than NumPy's

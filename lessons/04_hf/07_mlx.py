@@ -1,0 +1,86 @@
+# %% [markdown]
+# # From PEFT to MLX: the same adapter under mlx-lm
+#
+# MLX is Apple's array framework; `mlx-lm` runs and fine-tunes LLMs with it (and serves them:
+# `mlx_lm.server`). On Linux it runs on MLX's CPU backend (`pip install "mlx[cpu]" mlx-lm`), which
+# is how this lesson runs anywhere. mlx-lm loads HF directories directly; a PEFT adapter needs
+# converting, because the two libraries store the same update W + s B A differently:
+#
+#     PEFT:   lora_A.weight (r, in), lora_B.weight (out, r), scale alpha/r in adapter_config.json
+#     mlx-lm: lora_a (in, r) = A^T, lora_b (r, out) = B^T, "scale" and "keys" in its config
+
+# %%
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import OUT, check  # noqa: E402
+
+from llm_deeper import models  # noqa: E402
+
+if not models.is_cached("smollm2-135m"):
+    raise SystemExit("run 'llm-deeper models pull smollm2-135m' first")
+try:
+    import mlx_lm  # noqa: F401
+except ImportError:
+    raise SystemExit("this lesson needs mlx-lm: uv sync --extra mlx") from None
+
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from safetensors.numpy import load_file  # noqa: E402
+
+from llm_deeper.hf.mlx import mlx_greedy, peft_to_mlx_adapter  # noqa: E402
+from llm_deeper.hf.models import hf_dir, load  # noqa: E402
+
+# %% [markdown]
+# ## An adapter to convert
+# A trained one works the same (`--adapter runs/tools-lora/adapter`); here a rank-8 adapter with
+# small random A and B, so the lesson needs no training and the adapter visibly changes the text.
+
+# %%
+model, tok = load("smollm2-135m")
+peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                        init_lora_weights=False, task_type="CAUSAL_LM"))
+g = torch.Generator().manual_seed(1)
+with torch.no_grad():
+    for name, p in peft.named_parameters():
+        if "lora_" in name:
+            p.copy_(torch.randn(p.shape, generator=g) * 0.04)
+peft.save_pretrained(OUT / "peft-adapter")
+mlx_dir = peft_to_mlx_adapter(str(OUT / "peft-adapter"), str(OUT / "mlx-adapter"))
+
+a = load_file(str(OUT / "peft-adapter" / "adapter_model.safetensors"))
+b = load_file(str(Path(mlx_dir) / "adapters.safetensors"))
+k = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+print(f"PEFT {k.split('model.', 2)[-1]}: {a[k].shape} -> mlx model.layers.0.self_attn.q_proj."
+      f"lora_a: {b['model.layers.0.self_attn.q_proj.lora_a'].shape}")
+print(json.dumps(json.loads((Path(mlx_dir) / "adapter_config.json").read_text()), indent=1))
+check("lora_a = A^T", (b["model.layers.0.self_attn.q_proj.lora_a"] == a[k].T).all())
+
+# %% [markdown]
+# ## The same greedy tokens in both libraries
+
+# %%
+prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                   add_generation_prompt=True)
+           for q in ("What is the capital of France?", "Name a play by Shakespeare.")]
+mlx_out = mlx_greedy(hf_dir("smollm2-135m"), prompts, 24, adapter_dir=mlx_dir)
+hf_out = []
+for p in prompts:
+    enc = tok(p, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        g = peft.generate(**enc, max_new_tokens=24, do_sample=False, temperature=None, top_p=None,
+                          top_k=None, pad_token_id=tok.eos_token_id)
+    t = g[0, enc["input_ids"].shape[1]:].tolist()
+    hf_out.append(t[:t.index(tok.eos_token_id)] if tok.eos_token_id in t else t)
+for m, h in zip(mlx_out, hf_out):
+    print("mlx-lm:      ", repr(tok.decode(m)))
+    print("transformers:", repr(tok.decode(h)))
+check("mlx-lm + converted adapter = transformers + PEFT", mlx_out == hf_out)
+
+# %% [markdown]
+# ## Serving it
+# `mlx_lm.server --model <HF dir> --adapter-path <mlx adapter>` starts an OpenAI-compatible
+# server (docs/hf.md); `llm-deeper models export-hf smollm2-135m --out DIR` writes the HF dir.

@@ -1,0 +1,66 @@
+"""An OpenAI-compatible server: protocol.py (request/response shapes), parsing.py (content,
+reasoning, tool calls), engine.py (the engine protocol and the transformers engine), app.py (the
+FastAPI app), and `serve()` below, which the CLI runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+from ..errors import UserError
+
+
+def parse_lora_modules(specs: list[str]) -> dict[str, str]:
+    """vLLM's spelling: name=path (several, space separated)."""
+    out = {}
+    for s in specs:
+        name, sep, path = s.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--lora-modules takes name=path, got '{s}'.")
+        if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+            raise UserError(f"--lora-modules {name}: {path} is not a PEFT adapter directory.")
+        out[name] = path
+    return out
+
+
+def vllm_argv(model: str, host: str, port: int, api_key: str | None, lora: dict[str, str],
+              served_name: str) -> list[str]:
+    """The equivalent `vllm serve` command line (tool calling through the hermes parser, which
+    reads the same <tool_call> format)."""
+    from ..hf.models import hf_dir
+
+    argv = ["vllm", "serve", hf_dir(model), "--host", host, "--port", str(port),
+            "--served-model-name", served_name, "--enable-auto-tool-choice",
+            "--tool-call-parser", "hermes"]
+    if api_key:
+        argv += ["--api-key", api_key]
+    if lora:
+        argv += ["--enable-lora", "--lora-modules", *[f"{k}={v}" for k, v in lora.items()]]
+    return argv
+
+
+def serve(model: str, engine: str = "hf", host: str = "127.0.0.1", port: int = 8000,
+          api_key: str | None = None, lora_modules: list[str] | None = None,
+          served_name: str | None = None, device: str = "cpu") -> None:
+    lora = parse_lora_modules(lora_modules or [])
+    served = served_name or os.path.basename(os.path.normpath(model))
+    if engine == "vllm":
+        if shutil.which("vllm") is None:
+            raise UserError("--engine vllm needs vLLM (pip install vllm, Linux with a CUDA GPU); "
+                            "--engine hf runs anywhere.")
+        argv = vllm_argv(model, host, port, api_key, lora, served)
+        print(" ".join(argv), file=sys.stderr)
+        os.execvp(argv[0], argv)
+    if engine != "hf":
+        raise UserError(f"--engine must be hf or vllm, got '{engine}'.")
+    try:
+        import uvicorn
+    except ImportError:
+        raise UserError("serving needs the 'serve' extra: uv sync --extra serve.") from None
+    from .app import create_app
+    from .engine import HFEngine
+
+    app = create_app(HFEngine(model, lora, device=device), served, api_key=api_key)
+    print(f"serving {served} on http://{host}:{port}/v1 (engine {engine})", file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,210 @@
+"""`llm-deeper serve` as a real process on loopback, driven by the official openai SDK: chat,
+streaming with usage, completions, a tool-call round trip with tool_choice="required", a
+json_schema answer that validates, an adapter chosen by name, and OpenAI-style errors."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import smollm2_or_skip
+
+KEY = "test-key"
+TOOLS = [{"type": "function", "function": {
+    "name": "add_days", "description": "Add days to a YYYY-MM-DD date.",
+    "parameters": {"type": "object", "properties": {"date": {"type": "string"},
+                                                    "days": {"type": "integer"}},
+                   "required": ["date", "days"]}}},
+    {"type": "function", "function": {
+        "name": "calculator", "description": "Evaluate an arithmetic expression.",
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
+                       "required": ["expression"]}}}]
+
+
+def _http(method, url, body: bytes | None = None, headers=None):
+    """(status, parsed JSON body) with the standard library."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    smollm2_or_skip()
+    from peft import LoraConfig, get_peft_model
+
+    from llm_deeper.hf.models import load
+
+    model, _ = load("smollm2-135m")  # random A and B (init_lora_weights=False): a visible change
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False, task_type="CAUSAL_LM"))
+    out = tmp_path_factory.mktemp("adapter") / "shout"
+    peft.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(adapter, tmp_path_factory):
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = tmp_path_factory.mktemp("server") / "log.txt"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "llm_deeper", "serve", "--port",
+                                 str(port), "--api-key", KEY, "--lora-modules",
+                                 f"shout={adapter}"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        yield from _started(proc, port, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _started(proc, port, log):
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail("server exited:\n" + log.read_text()[-3000:])
+        try:
+            if _http("GET", base + "/health")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        pytest.fail("server did not start")
+    yield base
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=300)
+
+
+def test_models_lists_the_base_and_its_adapter(client):
+    models = {m.id: m for m in client.models.list().data}
+    assert set(models) == {"smollm2-135m", "shout"}
+    assert models["shout"].model_extra["parent"] == "smollm2-135m"
+
+
+def test_chat_and_streaming_chat_with_usage(client):
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    r = client.chat.completions.create(model="smollm2-135m", messages=msgs, max_tokens=12,
+                                       temperature=0)
+    text = r.choices[0].message.content
+    assert "Paris" in text and r.usage.completion_tokens <= 12
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+    chunks = list(client.chat.completions.create(
+        model="smollm2-135m", messages=msgs, max_tokens=12, temperature=0, stream=True,
+        stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed.strip() == text  # the same greedy answer, in pieces
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == \
+        r.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == r.usage.total_tokens
+
+
+def test_completions_and_an_adapter_chosen_by_name(client):
+    a = client.completions.create(model="smollm2-135m", prompt="The capital of France is",
+                                  max_tokens=12, temperature=0)
+    b = client.completions.create(model="shout", prompt="The capital of France is",
+                                  max_tokens=12, temperature=0)
+    assert a.choices[0].text and b.choices[0].text and a.choices[0].text != b.choices[0].text
+    again = client.completions.create(model="smollm2-135m", prompt="The capital of France is",
+                                      max_tokens=12, temperature=0)
+    assert again.choices[0].text == a.choices[0].text  # the adapter was switched off again
+
+
+def test_tool_call_round_trip_with_required(client):
+    from llm_deeper.tools import run_call
+
+    msgs = [{"role": "user", "content": "What date is 30 days after 2024-01-15?"}]
+    r = client.chat.completions.create(model="smollm2-135m", messages=msgs, tools=TOOLS,
+                                       tool_choice="required", max_tokens=60, temperature=0)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    call = choice.message.tool_calls[0]
+    args = json.loads(call.function.arguments)  # always parses: the grammar saw to it
+    assert call.function.name in ("add_days", "calculator") and call.id
+    result = run_call({"name": call.function.name, "arguments": args})
+    msgs += [choice.message.model_dump(exclude_none=True),
+             {"role": "tool", "tool_call_id": call.id, "content": result}]
+    final = client.chat.completions.create(model="smollm2-135m", messages=msgs, tools=TOOLS,
+                                           max_tokens=30, temperature=0)
+    assert final.choices[0].message.content
+
+    named = client.chat.completions.create(
+        model="smollm2-135m", messages=msgs[:1], tools=TOOLS, max_tokens=60, temperature=0,
+        tool_choice={"type": "function", "function": {"name": "calculator"}})
+    calls = named.choices[0].message.tool_calls
+    assert [c.function.name for c in calls] == ["calculator"]
+    assert isinstance(json.loads(calls[0].function.arguments)["expression"], str)
+
+
+def test_json_schema_answer_validates(client):
+    schema = {"type": "object", "properties": {"city": {"type": "string"},
+                                               "population_millions": {"type": "number"}},
+              "required": ["city", "population_millions"], "additionalProperties": False}
+    r = client.chat.completions.create(
+        model="smollm2-135m", max_tokens=60, temperature=0,
+        messages=[{"role": "user", "content": "Give the capital of France as JSON."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "city",
+                                                                "schema": schema}})
+    obj = json.loads(r.choices[0].message.content)
+    assert set(obj) == {"city", "population_millions"} and isinstance(obj["city"], str)
+
+
+def test_errors_are_openai_shaped_4xx(server, client):
+    import openai
+
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="smollm2-135m", temperature=5,
+                                       messages=[{"role": "user", "content": "x"}])
+    assert "temperature" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="smollm2-135m", max_tokens=10 ** 6,
+                                       messages=[{"role": "user", "content": "x"}])
+    assert e.value.body["code"] == "context_length_exceeded"
+    js = {"content-type": "application/json"}
+    status, body = _http("POST", server + "/v1/chat/completions", b'{"model": "m"}', js)
+    assert status == 401 and body["error"]["type"] == "authentication_error"
+    h = {"Authorization": f"Bearer {KEY}", **js}
+    for bad in (b"not json", b"[]", b'{"model": "smollm2-135m", "messages": "hi"}'):
+        status, body = _http("POST", server + "/v1/chat/completions", bad, h)
+        assert status == 400 and set(body["error"]) >= {"message", "type", "param"}, body
+    import http.client  # a body announced as 5 MiB is refused before it is read
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.putrequest("POST", "/v1/completions")
+    for k, v in {**h, "Content-Length": str(5 * 1024 * 1024)}.items():
+        conn.putheader(k, v)
+    conn.endheaders(b"x" * 1000)
+    resp = conn.getresponse()
+    assert resp.status == 413 and "error" in json.loads(resp.read())
+    assert _http("GET", server + "/v1/nothing", None, h)[0] == 404
