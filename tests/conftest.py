@@ -32,6 +32,18 @@ def smollm2_or_skip():
     return models.model_path("smollm2-135m")
 
 
+def torchrun(nproc: int, args: list[str], cwd, timeout: int = 900):
+    """`python -m torch.distributed.run --standalone --nproc_per_node=N -m llm_deeper ARGS`
+    with one thread per process (the CI machine has 2 cores)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={nproc}", "-m", "llm_deeper", *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
 # Tests must never reach a model or dataset hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from conftest import torchrun
+
 TEXT = "".join(f"Line {i}: the quick brown fox jumps over the lazy dog {i % 7}.\n"
                for i in range(400))
 COMMON = ["train", "--engine", "torch", "--preset", "small", "--data", "text.txt",
@@ -16,10 +18,7 @@ COMMON = ["train", "--engine", "torch", "--preset", "small", "--data", "text.txt
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     (tmp_path / "text.txt").write_text(TEXT)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", "-m", "llm_deeper", *COMMON, "--batch-size", "4",
-                          "--out", "ddp"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=600)
+    two = torchrun(2, [*COMMON, "--batch-size", "4", "--out", "ddp"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     one = subprocess.run([sys.executable, "-m", "llm_deeper", *COMMON, "--batch-size", "8",
                           "--out", "single"], cwd=tmp_path, env=env, capture_output=True,

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import shakespeare_or_skip, smollm2_or_skip
+from conftest import shakespeare_or_skip, smollm2_or_skip, torchrun
 from llm_deeper.cli import main
 
 
@@ -136,11 +136,7 @@ def test_lora_under_torchrun_with_two_processes(tmp_path):
     common = ["finetune", "--model", "smollm2-135m", "--dataset", "t.jsonl", "--steps", "2",
               "--rank", "4", "--alpha", "8", "--max-length", "384", "--lr", "1e-3",
               "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", "-m", "llm_deeper", *common, "--batch-size", "1",
-                          "--out", "ddp"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=900)
+    two = torchrun(2, [*common, "--batch-size", "1", "--out", "ddp"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     report = json.loads(two.stdout.strip().splitlines()[-1])
     assert report["world_size"] == 2 and report["global_batch_size"] == 2

@@ -17,19 +17,10 @@ def adapter(tmp_path_factory):
     keep the text fluent and large enough to change it."""
     smollm2_or_skip()
     pytest.importorskip("mlx_lm", reason="mlx-lm is not installed (uv sync --extra mlx)")
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from llm_deeper.hf.models import load
+    from llm_deeper.hf.models import load, random_lora
 
     model, tok = load("smollm2-135m")
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
-                                            init_lora_weights=False, task_type="CAUSAL_LM"))
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.03)
+    peft = random_lora(model, rank=8, alpha=16, targets="all-linear", std=0.03, seed=0)
     out = tmp_path_factory.mktemp("peft") / "adapter"
     peft.save_pretrained(out)
     prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,

@@ -47,13 +47,10 @@ def _free_port():
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
     smollm2_or_skip()
-    from peft import LoraConfig, get_peft_model
+    from llm_deeper.hf.models import load, random_lora
 
-    from llm_deeper.hf.models import load
-
-    model, _ = load("smollm2-135m")  # random A and B (init_lora_weights=False): a visible change
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                            init_lora_weights=False, task_type="CAUSAL_LM"))
+    model, _ = load("smollm2-135m")  # random A and B: a visible change without training
+    peft = random_lora(model, rank=4, alpha=8, targets=["q_proj", "v_proj"], std=0.08)
     out = tmp_path_factory.mktemp("adapter") / "shout"
     peft.save_pretrained(out)
     return out
@@ -208,3 +205,25 @@ def test_errors_are_openai_shaped_4xx(server, client):
     resp = conn.getresponse()
     assert resp.status == 413 and "error" in json.loads(resp.read())
     assert _http("GET", server + "/v1/nothing", None, h)[0] == 404
+
+
+def test_a_client_that_disconnects_stops_its_generation(server):
+    """Read two events of a long stream, hang up: the server stops generating (and drops the
+    request's KV cache) instead of finishing the 2,000 tokens."""
+    import http.client
+
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    body = json.dumps({"model": "smollm2-135m", "prompt": "Once upon a time", "stream": True,
+                       "max_tokens": 2000, "temperature": 0.9, "seed": 1})
+    conn.request("POST", "/v1/completions", body, {"Authorization": f"Bearer {KEY}",
+                                                   "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.readline().startswith(b"data: ")
+    assert _http("GET", server + "/health")[1]["running"] == 1
+    conn.close()  # the client goes away mid-stream
+    deadline = time.time() + 30
+    while _http("GET", server + "/health")[1]["running"] and time.time() < deadline:
+        time.sleep(0.2)
+    assert _http("GET", server + "/health")[1]["running"] == 0

@@ -26,7 +26,7 @@ from llm_deeper.hf.finetune import finetune  # noqa: E402
 from llm_deeper.hf.models import load  # noqa: E402
 from llm_deeper.hf.toolcall_eval import play, score  # noqa: E402
 
-data = tool_calling_dataset(n_train=64 if QUICK else 1200, n_val=1, n_test=4 if QUICK else 40)
+data = tool_calling_dataset(n_train=64 if QUICK else 1200, n_val=1, n_test=2 if QUICK else 40)
 
 # %%
 steps = 3 if QUICK else 48

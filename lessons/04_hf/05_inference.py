@@ -48,7 +48,7 @@ merged, _ = load(merged_dir)
 print(type(peft_model).__name__, "vs", type(merged).__name__)
 
 
-def reply(model, messages, n=48):
+def reply(model, messages, n=24 if QUICK else 64):
     enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                   return_dict=True)
     with torch.inference_mode():

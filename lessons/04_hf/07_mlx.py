@@ -28,11 +28,10 @@ try:
 except ImportError:
     raise SystemExit("this lesson needs mlx-lm: uv sync --extra mlx") from None
 
-from peft import LoraConfig, get_peft_model  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 from llm_deeper.hf.mlx import mlx_greedy, peft_to_mlx_adapter  # noqa: E402
-from llm_deeper.hf.models import hf_dir, load  # noqa: E402
+from llm_deeper.hf.models import hf_dir, load, random_lora  # noqa: E402
 
 # %% [markdown]
 # ## An adapter to convert
@@ -41,13 +40,7 @@ from llm_deeper.hf.models import hf_dir, load  # noqa: E402
 
 # %%
 model, tok = load("smollm2-135m")
-peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                        init_lora_weights=False, task_type="CAUSAL_LM"))
-g = torch.Generator().manual_seed(1)
-with torch.no_grad():
-    for name, p in peft.named_parameters():
-        if "lora_" in name:
-            p.copy_(torch.randn(p.shape, generator=g) * 0.04)
+peft = random_lora(model, rank=8, alpha=16, targets=["q_proj", "v_proj"], std=0.04, seed=1)
 peft.save_pretrained(OUT / "peft-adapter")
 mlx_dir = peft_to_mlx_adapter(str(OUT / "peft-adapter"), str(OUT / "mlx-adapter"))
 

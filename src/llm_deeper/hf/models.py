@@ -126,3 +126,21 @@ def engine(model: str, adapter: str | None = None):
     if tok.eos_token_id is not None and tok.eos_token_id not in stop:
         stop.append(tok.eos_token_id)
     return next_logits_fn(m), TextTokenizer(tok), tok.chat_template, stop
+
+
+def random_lora(model, rank: int = 8, alpha: float = 16.0, targets="all-linear",
+                std: float = 0.03, seed: int = 0):
+    """The model wrapped in a PEFT LoRA adapter whose A and B are random (normal, `std`) rather
+    than B = 0: an adapter that visibly changes the output without training, for checking the
+    plumbing (conversion, serving, merging) in lessons and tests."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    peft = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets,
+                                            init_lora_weights=False, task_type="CAUSAL_LM"))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return peft

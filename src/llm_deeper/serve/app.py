@@ -265,7 +265,7 @@ def create_app(engine: Engine, served_name: str, api_key: str | None = None,
 
     @app.get("/health")
     async def health():
-        return {"status": "ok"}
+        return {"status": "ok", "running": getattr(engine, "running", 0)}
 
     @app.get("/v1/models")
     async def list_models():

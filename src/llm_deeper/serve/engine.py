@@ -109,7 +109,8 @@ class HFEngine:
         if tok.eos_token_id is not None:
             self.eos_ids.add(tok.eos_token_id)
         self.vocab_size = int(m.get_output_embeddings().weight.shape[0])
-        self.lock = threading.Lock()  # one forward pass at a time
+        self.lock = threading.Lock()  # one request at a time
+        self.running = 0  # requests generating now (0 or 1 here); /health reports it
         self._torch = torch
         self._grammar = None
 
@@ -123,29 +124,33 @@ class HFEngine:
         return self._grammar
 
     def generate(self, req: GenRequest) -> Iterator[Step]:
-        torch = self._torch
         if req.adapter is not None and req.adapter not in self.adapters:
             raise UserError(f"unknown adapter '{req.adapter}'.")
-        rng = np.random.default_rng(req.params.seed)
-        ids = list(req.prompt_ids)
-        new: list[int] = []
-        past = None
-        fed = 0
         with self.lock:
-            ctx = self._adapter_ctx(req.adapter)
-            with ctx, torch.inference_mode():
-                for _ in range(req.params.max_tokens):
-                    if req.cancelled.is_set():
-                        return
-                    x = torch.tensor([ids[fed:]], device=self.device)
-                    out = self.model(input_ids=x, past_key_values=past, use_cache=True)
-                    past, fed = out.past_key_values, len(ids)
-                    step = choose(out.logits[0, -1].float().cpu().numpy(), req, ids, new, rng)
-                    yield step
-                    if step.token in self.eos_ids:
-                        return
-                    ids.append(step.token)
-                    new.append(step.token)
+            self.running += 1
+            try:
+                yield from self._decode(req)
+            finally:  # done, failed or cancelled: the KV cache (past) goes with this frame
+                self.running -= 1
+
+    def _decode(self, req: GenRequest) -> Iterator[Step]:
+        torch = self._torch
+        rng = np.random.default_rng(req.params.seed)
+        ids, new = list(req.prompt_ids), []
+        past, fed = None, 0
+        with self._adapter_ctx(req.adapter), torch.inference_mode():
+            for _ in range(req.params.max_tokens):
+                if req.cancelled.is_set():  # the client went away
+                    return
+                x = torch.tensor([ids[fed:]], device=self.device)
+                out = self.model(input_ids=x, past_key_values=past, use_cache=True)
+                past, fed = out.past_key_values, len(ids)
+                step = choose(out.logits[0, -1].float().cpu().numpy(), req, ids, new, rng)
+                yield step
+                if step.token in self.eos_ids:
+                    return
+                ids.append(step.token)
+                new.append(step.token)
 
     def _adapter_ctx(self, name):
         import contextlib
