@@ -114,11 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--method", choices=["full", "lora", "qlora"], default="lora")
     p.add_argument("--out", default="runs/finetune")
-    p.add_argument("--steps", type=int, default=300)
+    # Defaults differ by path (NumPy checkpoint / HF model): steps 300 / 48, batch 12 / 4,
+    # rank 8 / 16, alpha 16 / 32; lr: the engine's own / 1e-3 LoRA, 2e-5 full.
+    p.add_argument("--steps", type=int, default=None, help="300 (NumPy) / 48 (HF)")
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=12)
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--alpha", type=float, default=16.0)
+    p.add_argument("--batch-size", type=int, default=None, help="12 (NumPy) / 4 (HF)")
+    p.add_argument("--rank", type=int, default=None, help="8 (NumPy) / 16 (HF)")
+    p.add_argument("--alpha", type=float, default=None, help="16 (NumPy) / 32 (HF)")
+    p.add_argument("--lora-dropout", type=float, default=0.0, help="HF path: LoRA dropout")
     p.add_argument("--targets", default="wq,wv",
                    help="LoRA targets, comma-separated (NumPy names wq,wk,...; HF module names "
                    "q_proj,... with --model, where the default means all-linear), or all-linear")
@@ -268,6 +271,7 @@ def _dispatch(args) -> int | None:
         from .hf.models import hf_dir
 
         check_method(args.method)
+        _finetune_defaults(args, steps=48, batch_size=4, rank=16, alpha=32.0)
         hf_dir(args.model)  # a model that is not there is said before any work
         splits = tool_calling_dataset() if args.dataset == "toolcalls" else load_sft(args.dataset)
         rows = splits.get("train", [])
@@ -275,7 +279,8 @@ def _dispatch(args) -> int | None:
             [t.strip() for t in args.targets.split(",")]
         r = finetune(args.model, rows, args.out, method=args.method, steps=args.steps,
                      lr=args.lr, batch_size=args.batch_size, rank=args.rank, alpha=args.alpha,
-                     targets=targets, max_length=args.max_length, resume=args.resume,
+                     dropout=args.lora_dropout, targets=targets, max_length=args.max_length,
+                     resume=args.resume,
                      merge_out=args.merge, progress=not args.no_progress)
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one report
             print(json.dumps(r))
@@ -284,6 +289,7 @@ def _dispatch(args) -> int | None:
             raise UserError("--method qlora is for real models (--model) on a GPU.")
         from .workflows import finetune_run
 
+        _finetune_defaults(args, steps=300, batch_size=12, rank=8, alpha=16.0)
         r = finetune_run(checkpoint=args.checkpoint, data=args.data, method=args.method,
                          out=args.out, steps=args.steps, rank=args.rank, alpha=args.alpha,
                          targets=[t.strip() for t in args.targets.split(",") if t.strip()],
@@ -340,6 +346,12 @@ def _dispatch(args) -> int | None:
 
             run(args.data)
     return 0
+
+
+def _finetune_defaults(args, **defaults) -> None:
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
 
 
 def _train(args) -> int:

@@ -84,8 +84,8 @@ def check_method(method: str):
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def finetune(model: str, rows: list[dict], out: str, *, method: str = "lora", steps: int = 100,
-             lr: float | None = None, batch_size: int = 8, rank: int = 16, alpha: float = 32.0,
+def finetune(model: str, rows: list[dict], out: str, *, method: str = "lora", steps: int = 48,
+             lr: float | None = None, batch_size: int = 4, rank: int = 16, alpha: float = 32.0,
              dropout: float = 0.0, targets="all-linear", max_length: int = 512,
              resume: bool = False, merge_out: str | None = None, seed: int = 0,
              progress: bool = True, log=print) -> dict:
@@ -120,7 +120,7 @@ def finetune(model: str, rows: list[dict], out: str, *, method: str = "lora", st
                                  task_type="CAUSAL_LM")
     args = SFTConfig(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch_size,
-        learning_rate=lr or (2e-4 if method != "full" else 2e-5), lr_scheduler_type="cosine",
+        learning_rate=lr or (1e-3 if method != "full" else 2e-5), lr_scheduler_type="cosine",
         warmup_steps=max(1, steps // 20), logging_steps=max(1, steps // 20),
         save_steps=max(10, steps // 4), save_total_limit=1, report_to="none", seed=seed,
         bf16=cuda, use_cpu=not cuda, packing=False, max_length=max_length,
