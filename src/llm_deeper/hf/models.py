@@ -103,17 +103,18 @@ class TextTokenizer:
         return self.hf.decode(list(ids), skip_special_tokens=True)
 
 
-def next_logits_fn(model):
-    """next_logits(ids, state) for generation.stream: the KV cache lives in past_key_values."""
+def next_logits_fn(model, device="cpu"):
+    """next_logits(ids, state) for generation.stream and the server: the KV cache lives in
+    state["past"] (past_key_values); only the tokens not yet fed are run."""
     import torch
 
     @torch.inference_mode()
     def fn(ids, state):
         past, fed = state.get("past"), state.get("fed", 0)
-        x = torch.tensor([ids[fed:] if past is not None else ids])
+        x = torch.tensor([ids[fed:] if past is not None else ids], device=device)
         out = model(input_ids=x, past_key_values=past, use_cache=True)
         state.update(past=out.past_key_values, fed=len(ids))
-        return out.logits[0, -1].float().numpy()
+        return out.logits[0, -1].float().cpu().numpy()
 
     return fn
 

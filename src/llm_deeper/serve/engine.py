@@ -84,7 +84,6 @@ class HFEngine:
     """transformers, one request at a time, LoRA adapters through PEFT (one base in memory)."""
 
     def __init__(self, model: str, adapters: dict[str, str] | None = None, device: str = "cpu"):
-        import torch
 
         from ..hf.models import load
 
@@ -111,7 +110,6 @@ class HFEngine:
         self.vocab_size = int(m.get_output_embeddings().weight.shape[0])
         self.lock = threading.Lock()  # one request at a time
         self.running = 0  # requests generating now (0 or 1 here); /health reports it
-        self._torch = torch
         self._grammar = None
 
     @property
@@ -134,18 +132,16 @@ class HFEngine:
                 self.running -= 1
 
     def _decode(self, req: GenRequest) -> Iterator[Step]:
-        torch = self._torch
+        from ..hf.models import next_logits_fn
+
         rng = np.random.default_rng(req.params.seed)
         ids, new = list(req.prompt_ids), []
-        past, fed = None, 0
-        with self._adapter_ctx(req.adapter), torch.inference_mode():
+        next_logits, state = next_logits_fn(self.model, self.device), {}
+        with self._adapter_ctx(req.adapter):
             for _ in range(req.params.max_tokens):
                 if req.cancelled.is_set():  # the client went away
                     return
-                x = torch.tensor([ids[fed:]], device=self.device)
-                out = self.model(input_ids=x, past_key_values=past, use_cache=True)
-                past, fed = out.past_key_values, len(ids)
-                step = choose(out.logits[0, -1].float().cpu().numpy(), req, ids, new, rng)
+                step = choose(next_logits(ids, state), req, ids, new, rng)
                 yield step
                 if step.token in self.eos_ids:
                     return
