@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", help="HF path: smollm2-135m, an HF directory or a hub id")
     p.add_argument("--data", default="sonnets", help="NumPy engine: the text to adapt to")
     p.add_argument("--dataset", default="toolcalls",
-                   help="HF path: 'toolcalls' (built in) or a JSONL/JSON/CSV file")
+                   help="HF path: 'toolcalls' (built in), a JSONL/JSON/CSV file or a hub id")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--method", choices=["full", "lora", "qlora"], default="lora")
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tokenizer", required=True, help="tokenizer.json, GGUF, or smollm2-135m")
     q.add_argument("text")
 
-    p = sub.add_parser("eval", help="evaluate a model (perplexity; more metrics come with hf/)")
+    p = sub.add_parser("eval", help="evaluate a model: perplexity, the tool-calling task, ROUGE and BERTScore")
     esub = p.add_subparsers(dest="eval_command", required=True)
     q = esub.add_parser("perplexity", help="sliding-window perplexity on a text")
     src = q.add_mutually_exclusive_group(required=True)
