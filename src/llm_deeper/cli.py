@@ -179,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="an OpenAI-compatible API server (chat, completions, "
                        "streaming, tool calls, LoRA adapters)")
     p.add_argument("--model", default="smollm2-135m", help="registry name, HF dir or hub id")
-    p.add_argument("--engine", choices=["hf", "vllm"], default="hf",
-                   help="hf: transformers, anywhere; vllm: runs 'vllm serve' (CUDA)")
+    p.add_argument("--engine", choices=["native", "hf", "vllm"], default="native",
+                   help="native: our continuous-batching engine (paged KV cache); hf: "
+                   "transformers, one request at a time, serves adapters; vllm: runs "
+                   "'vllm serve' (CUDA)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("LLM_DEEPER_API_KEY"),
@@ -189,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PEFT adapters served as models of their own, chosen by 'model'")
     p.add_argument("--served-model-name", default=None, help="the base model's id in the API")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--max-num-seqs", type=int, default=64,
+                   help="native: most requests decoded together (1 = batching off)")
+    p.add_argument("--kv-cache-gb", type=float, default=1.0,
+                   help="native: memory for the paged KV cache")
+    p.add_argument("--block-size", type=int, default=16, help="native: token slots per block")
 
     sub.add_parser("toy", help="tinygpt (2,453 parameters) learns to sort digits")
 
@@ -300,7 +307,8 @@ def _dispatch(args) -> int | None:
         from .serve import serve
 
         serve(args.model, args.engine, args.host, args.port, args.api_key, args.lora_modules,
-              args.served_model_name, args.device)
+              args.served_model_name, args.device, args.max_num_seqs, args.kv_cache_gb,
+              args.block_size)
     elif cmd == "merge":
         from .hf.models import merge
 

@@ -1,6 +1,7 @@
 """An OpenAI-compatible server: protocol.py (request/response shapes), parsing.py (content,
-reasoning, tool calls), engine.py (the engine protocol and the transformers engine), app.py (the
-FastAPI app), and `serve()` below, which the CLI runs."""
+reasoning, tool calls), grammar.py (constrained decoding), engine.py (the engine protocol and
+the transformers engine), native.py (our continuous-batching engine over a paged KV cache),
+app.py (the FastAPI app), and `serve()` below, which the CLI runs."""
 
 from __future__ import annotations
 
@@ -40,27 +41,45 @@ def vllm_argv(model: str, host: str, port: int, api_key: str | None, lora: dict[
     return argv
 
 
-def serve(model: str, engine: str = "hf", host: str = "127.0.0.1", port: int = 8000,
+ENGINES = ("native", "hf", "vllm")
+
+
+def make_engine(model: str, engine: str = "native", lora: dict[str, str] | None = None,
+                device: str = "cpu", max_num_seqs: int = 64, kv_cache_gb: float = 1.0,
+                block_size: int = 16):
+    """The engine object the app serves (native or hf)."""
+    if engine == "native":
+        from .native import NativeEngine
+
+        return NativeEngine(model, device, max_num_seqs=max_num_seqs, block_size=block_size,
+                            kv_cache_bytes=int(kv_cache_gb * 2**30), adapters=lora)
+    if engine == "hf":
+        from .engine import HFEngine
+
+        return HFEngine(model, lora, device=device)
+    raise UserError(f"--engine must be one of {', '.join(ENGINES)}, got '{engine}'.")
+
+
+def serve(model: str, engine: str = "native", host: str = "127.0.0.1", port: int = 8000,
           api_key: str | None = None, lora_modules: list[str] | None = None,
-          served_name: str | None = None, device: str = "cpu") -> None:
+          served_name: str | None = None, device: str = "cpu", max_num_seqs: int = 64,
+          kv_cache_gb: float = 1.0, block_size: int = 16) -> None:
     lora = parse_lora_modules(lora_modules or [])
     served = served_name or os.path.basename(os.path.normpath(model))
     if engine == "vllm":
         if shutil.which("vllm") is None:
             raise UserError("--engine vllm needs vLLM (pip install vllm, Linux with a CUDA GPU); "
-                            "--engine hf runs anywhere.")
+                            "--engine native and --engine hf run anywhere.")
         argv = vllm_argv(model, host, port, api_key, lora, served)
         print(" ".join(argv), file=sys.stderr)
         os.execvp(argv[0], argv)
-    if engine != "hf":
-        raise UserError(f"--engine must be hf or vllm, got '{engine}'.")
     try:
         import uvicorn
     except ImportError:
         raise UserError("serving needs the 'serve' extra: uv sync --extra serve.") from None
     from .app import create_app
-    from .engine import HFEngine
 
-    app = create_app(HFEngine(model, lora, device=device), served, api_key=api_key)
+    eng = make_engine(model, engine, lora, device, max_num_seqs, kv_cache_gb, block_size)
+    app = create_app(eng, served, api_key=api_key)
     print(f"serving {served} on http://{host}:{port}/v1 (engine {engine})", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="warning")

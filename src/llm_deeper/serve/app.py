@@ -159,7 +159,7 @@ class Run:
         """Yields new text pieces; sets .finish and .text."""
         tok = self.engine.tokenizer
         for step in self.engine.generate(self.gen):
-            if step.token in self.engine.eos_ids:
+            if step.token in self.engine.eos_ids and not self.gen.ignore_eos:
                 self.finish = "stop"
                 break
             self.tokens.append(step.token)
@@ -215,6 +215,37 @@ def logprobs_content(engine: Engine, steps: list[Step]) -> list[dict]:
              "top_logprobs": [entry(t, lp) for t, lp in (s.top or [])]} for s in steps]
 
 
+def completion_logprobs(engine: Engine, run: "Run", offset: int = 0) -> dict:
+    """The legacy /v1/completions shape: parallel lists, one entry per generated token."""
+    tok = engine.tokenizer
+    tokens, offsets, pos = [], [], offset
+    for s in run.steps:
+        piece = tok.decode([s.token])
+        tokens.append(piece)
+        offsets.append(pos)
+        pos += len(piece)
+    return {"tokens": tokens, "token_logprobs": [s.logprob for s in run.steps],
+            "top_logprobs": [{tok.decode([t]): lp for t, lp in (s.top or [])}
+                             for s in run.steps],
+            "text_offset": offsets}
+
+
+async def run_all(engine: Engine, gens: list[GenRequest]) -> list[Run]:
+    """Generate several choices at once (the native engine batches them); returns the runs."""
+    runs = [Run(engine, g) for g in gens]
+
+    async def drain(run):
+        async for _ in iterate_in_thread(run.pieces()):
+            pass
+
+    try:
+        await asyncio.gather(*(drain(r) for r in runs))
+    finally:  # one failed or the request was dropped: stop the others too
+        for g in gens:
+            g.cancelled.set()
+    return runs
+
+
 def usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
@@ -265,7 +296,10 @@ def create_app(engine: Engine, served_name: str, api_key: str | None = None,
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "running": getattr(engine, "running", 0)}
+        out = {"status": "ok", "running": getattr(engine, "running", 0)}
+        if hasattr(engine, "kv_blocks_used"):  # the native engine's paged cache
+            out["kv_blocks_used"] = engine.kv_blocks_used
+        return out
 
     @app.get("/v1/models")
     async def list_models():
@@ -289,7 +323,8 @@ def create_app(engine: Engine, served_name: str, api_key: str | None = None,
         cid, created = new_id("chatcmpl"), now()
         gens = [GenRequest(ids, sampling(engine, req, len(ids), want, i), adapter,
                            top_logprobs=(req.top_logprobs or 0) if req.logprobs else None,
-                           constraint=engine.grammar.constraint(grammar) if grammar else None)
+                           constraint=engine.grammar.constraint(grammar) if grammar else None,
+                           ignore_eos=req.ignore_eos)
                 for i in range(req.n)]
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -298,10 +333,7 @@ def create_app(engine: Engine, served_name: str, api_key: str | None = None,
                              include_usage, request),
                 media_type="text/event-stream")
         choices, completion = [], 0
-        for i, g in enumerate(gens):
-            run = Run(engine, g)
-            async for _ in iterate_in_thread(run.pieces()):
-                pass
+        for i, run in enumerate(await run_all(engine, gens)):
             completion += len(run.tokens)
             content, reasoning, calls = split_text(run.text, tools)
             msg: dict = {"role": "assistant", "content": content or (None if calls else "")}
@@ -330,22 +362,24 @@ def create_app(engine: Engine, served_name: str, api_key: str | None = None,
             if not ids:
                 raise APIError(400, "prompt is empty after tokenization.", "prompt")
             for i in range(req.n):
-                jobs.append((p, ids, GenRequest(ids, sampling(engine, req, len(ids),
-                                                              req.max_tokens, i), adapter)))
+                jobs.append((p, ids, GenRequest(
+                    ids, sampling(engine, req, len(ids), req.max_tokens, i), adapter,
+                    top_logprobs=req.logprobs, ignore_eos=req.ignore_eos)))
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(_completion_stream(engine, jobs, cid, created, req.model,
                                                         req.echo, include_usage, request),
                                      media_type="text/event-stream")
         choices, prompt_total, completion = [], 0, 0
-        for i, (p, ids, g) in enumerate(jobs):
-            run = Run(engine, g)
-            async for _ in iterate_in_thread(run.pieces()):
-                pass
+        runs = await run_all(engine, [g for _, _, g in jobs])
+        for i, ((p, ids, g), run) in enumerate(zip(jobs, runs)):
             prompt_total += len(ids)
             completion += len(run.tokens)
             choices.append({"index": i, "text": (p if req.echo else "") + run.text,
-                            "logprobs": None, "finish_reason": run.finish})
+                            "logprobs": completion_logprobs(engine, run, len(p) if req.echo
+                                                            else 0)
+                            if req.logprobs is not None else None,
+                            "finish_reason": run.finish})
         return {"id": cid, "object": "text_completion", "created": created, "model": req.model,
                 "choices": choices, "usage": usage(prompt_total, completion)}
 

@@ -26,6 +26,7 @@ class GenRequest:
     top_logprobs: int | None = None  # None: no logprobs; 0..20: chosen token (+ the top n)
     # grammar (grammar.Constraint): generated ids -> boolean mask of the allowed next tokens
     constraint: Callable | None = None
+    ignore_eos: bool = False  # keep going after the end-of-sequence token (benchmarks)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -143,7 +144,7 @@ class HFEngine:
                     return
                 step = choose(next_logits(ids, state), req, ids, new, rng)
                 yield step
-                if step.token in self.eos_ids:
+                if step.token in self.eos_ids and not req.ignore_eos:
                     return
                 ids.append(step.token)
                 new.append(step.token)

@@ -34,9 +34,12 @@ def rope_table(cfg: ModelConfig, device, dtype):
     """cos, sin for every position of the context: (context_length, rope_dim // 2), cached."""
     key = (cfg.rope_dim, cfg.rope_theta, cfg.context_length, str(device), dtype)
     if key not in _ROPE:
-        cos, sin = rope_cos_sin(torch.arange(cfg.context_length), cfg.rope_dim, cfg.rope_theta,
-                                dtype)
-        _ROPE[key] = (cos.to(device), sin.to(device))
+        # normal tensors even when first asked for under inference_mode (the serving engine),
+        # so that training in the same process can still use them
+        with torch.inference_mode(False):
+            cos, sin = rope_cos_sin(torch.arange(cfg.context_length), cfg.rope_dim,
+                                    cfg.rope_theta, dtype)
+            _ROPE[key] = (cos.to(device), sin.to(device))
     return _ROPE[key]
 
 
