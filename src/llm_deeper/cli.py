@@ -217,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lengths", default="128,256,512,1024,2048")
     q.add_argument("--tokens", type=int, default=4)
     q.add_argument("--out", default="runs/bench")
+    q = bsub.add_parser("serve", help="the server under load: req/s, tok/s, TTFT, TPOT, ITL at "
+                        "several concurrencies, batching on and off")
+    q.add_argument("--model", default="smollm2-135m")
+    q.add_argument("--concurrency", default="1,4,16,64")
+    q.add_argument("--max-tokens", type=int, default=64, help="tokens per request (ignore_eos)")
+    q.add_argument("--requests", type=int, default=None,
+                   help="requests per run (default: max(concurrency, 4))")
+    q.add_argument("--batching", default="on,off", help="on, off or on,off")
+    q.add_argument("--device", default="cpu")
     q = bsub.add_parser("tokenizer", help="BPE encode MB/s vs HF tokenizers, SmolLM2 vocabulary")
     q.add_argument("--data", default="works")
     return ap
@@ -344,6 +353,14 @@ def _dispatch(args) -> int | None:
             from .bench.kv_cache import run
 
             run([int(x) for x in args.lengths.split(",")], args.tokens, args.out)
+        elif args.bench_command == "serve":
+            from .bench.serve import run
+
+            modes = [m for m in args.batching.split(",") if m]
+            if not modes or any(m not in ("on", "off") for m in modes):
+                raise UserError(f"--batching takes on, off or on,off; got '{args.batching}'.")
+            run(args.model, [int(c) for c in args.concurrency.split(",")], args.max_tokens,
+                args.requests, modes, args.device)
         elif args.bench_command == "decode":
             from .bench.decode import run
 

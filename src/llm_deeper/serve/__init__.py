@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 
 from ..errors import UserError
 
@@ -52,7 +53,8 @@ def make_engine(model: str, engine: str = "native", lora: dict[str, str] | None 
         from .native import NativeEngine
 
         return NativeEngine(model, device, max_num_seqs=max_num_seqs, block_size=block_size,
-                            kv_cache_bytes=int(kv_cache_gb * 2**30), adapters=lora)
+                            kv_cache_bytes=int(kv_cache_gb * 2**30), adapters=lora,
+                            start=False)  # serve() runs its loop on this thread
     if engine == "hf":
         from .engine import HFEngine
 
@@ -82,4 +84,17 @@ def serve(model: str, engine: str = "native", host: str = "127.0.0.1", port: int
     eng = make_engine(model, engine, lora, device, max_num_seqs, kv_cache_gb, block_size)
     app = create_app(eng, served, api_key=api_key)
     print(f"serving {served} on http://{host}:{port}/v1 (engine {engine})", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if engine != "native":
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+        return
+    # the model runs on this (main) thread, HTTP on a side thread: see native.py
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    http = threading.Thread(target=server.run, daemon=True, name="http")
+    http.start()
+    threading.Thread(target=lambda: (http.join(), eng.stop()), daemon=True).start()
+    try:
+        eng.run_forever()  # returns when the HTTP server stops (e.g. the port was taken)
+    except KeyboardInterrupt:
+        server.should_exit = True
+    if not server.started:
+        raise UserError(f"could not serve on {host}:{port} (is the port in use?).")

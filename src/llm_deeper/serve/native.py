@@ -19,6 +19,12 @@ away (its `cancelled` event) gives its blocks back before the next step.
 Requests join and leave between steps, so a short answer never waits for a long one: that is
 continuous (iteration-level) batching (Yu et al., Orca, 2022). With `max_num_seqs=1` the same
 engine serves one request at a time: the "batching off" baseline of `bench serve`.
+
+Which thread runs the model matters on CPU: once one thread has run PyTorch's parallel (OpenMP)
+kernels, small kernels started from another thread cost ~0.1 ms more each (measured: a
+(1x64)@(64x100) matmul 16 us -> 144 us), which made a decode step 50 % slower. So `serve` loads
+the model and runs the loop on the main thread (`run_forever`) and puts the HTTP server on a
+side thread; `start=True` (tests, notebooks) runs the loop on a thread of its own instead.
 """
 
 from __future__ import annotations
@@ -153,7 +159,7 @@ class NativeEngine:
     def __init__(self, model: str, device: str = "cpu", max_num_seqs: int = 64,
                  block_size: int = 16, kv_cache_bytes: int = 1 << 30,
                  max_batched_tokens: int = 4096, adapters: dict[str, str] | None = None, *,
-                 torch_model=None, tokenizer=None):
+                 torch_model=None, tokenizer=None, start: bool = True):
         from ..torch_engine.paged import PagedKVCache, load_peft_lora
 
         self.model_name = model
@@ -180,8 +186,8 @@ class NativeEngine:
         self.inbox: queue.Queue = queue.Queue()
         self.steps = 0
         self._grammar = None
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="native-engine")
-        self._thread.start()
+        if start:
+            threading.Thread(target=self.run_forever, daemon=True, name="native-engine").start()
 
     # ------------------------------------------------------------------ the engine protocol
     @property
@@ -223,16 +229,22 @@ class NativeEngine:
         finally:  # finished, or the consumer stopped listening: the engine frees the blocks
             req.cancelled.set()
 
+    def stop(self) -> None:
+        """Make run_forever return (after the step in progress)."""
+        self.inbox.put(_DONE)
+
     # ------------------------------------------------------------------ the engine thread
-    def _loop(self) -> None:
+    def run_forever(self) -> None:
         s = self.scheduler
         while True:
             idle = not s.running and not s.waiting
             try:  # block only when there is nothing to do
-                seq = self.inbox.get(timeout=None if idle else 0)
-                s.add(seq)
+                item = self.inbox.get(timeout=None if idle else 0)
                 while True:
-                    s.add(self.inbox.get_nowait())
+                    if item is _DONE:
+                        return
+                    s.add(item)
+                    item = self.inbox.get_nowait()
             except queue.Empty:
                 pass
             for seq in [q for q in (*s.running, *s.waiting) if q.req.cancelled.is_set()]:
