@@ -1,6 +1,8 @@
-"""`llm-deeper serve` as a real process on loopback, driven by the official openai SDK: chat,
-streaming with usage, completions, a tool-call round trip with tool_choice="required", a
-json_schema answer that validates, an adapter chosen by name, and OpenAI-style errors."""
+"""`llm-deeper serve` (the native engine) as a real process on loopback, driven by the official
+openai SDK: chat, streaming with usage, completions with logprobs, a tool-call round trip with
+tool_choice="required", the agent loop, a json_schema answer that validates, an adapter chosen
+by name, OpenAI-style errors, 64 concurrent streams, a client that hangs up; and the hf engine
+(transformers + PEFT) giving the same greedy answers as the native one."""
 
 import json
 import os
@@ -226,4 +228,111 @@ def test_a_client_that_disconnects_stops_its_generation(server):
     deadline = time.time() + 30
     while _http("GET", server + "/health")[1]["running"] and time.time() < deadline:
         time.sleep(0.2)
-    assert _http("GET", server + "/health")[1]["running"] == 0
+    health = _http("GET", server + "/health")[1]
+    assert health["running"] == 0 and health["kv_blocks_used"] == 0  # its KV blocks are free
+
+
+def test_64_concurrent_streaming_clients_all_finish(server):
+    """64 streams at once (decoded together by the native engine): each gets its role chunk,
+    exactly max_tokens tokens (ignore_eos), a finish chunk, the usage chunk and [DONE]."""
+    import http.client
+    import threading
+
+    host, port = server.removeprefix("http://").split(":")
+    results = [None] * 64
+
+    def stream(i):
+        conn = http.client.HTTPConnection(host, int(port), timeout=300)
+        body = json.dumps({"model": "smollm2-135m", "max_tokens": 5, "ignore_eos": True,
+                           "temperature": 0.7, "seed": i, "stream": True,
+                           "stream_options": {"include_usage": True},
+                           "messages": [{"role": "user", "content": f"Count to {i}."}]})
+        conn.request("POST", "/v1/chat/completions", body,
+                     {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        events = [line[6:].strip() for line in resp if line.startswith(b"data: ")]
+        conn.close()
+        results[i] = (resp.status, events)
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    for status, events in results:
+        assert status == 200 and events[-1] == b"[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 5
+    health = _http("GET", server + "/health")[1]
+    assert health["running"] == 0 and health["kv_blocks_used"] == 0
+
+
+def test_completion_logprobs(client):
+    r = client.completions.create(model="smollm2-135m", prompt="The capital of France is",
+                                  max_tokens=5, temperature=0, logprobs=3)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
+    assert "".join(lp.tokens) == r.choices[0].text
+    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):
+        assert len(top) == 3 and chosen <= 0
+        assert chosen == pytest.approx(max(top.values()))  # greedy: the most likely token
+    assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
+
+
+def test_agent_loop_against_the_live_server(client):
+    """agents.run_agent with a typed Python function: the forced first call parses and runs,
+    its result goes back as a tool message, and the loop ends within its bound."""
+    from datetime import date, timedelta
+
+    from llm_deeper.agents import ToolRegistry, run_agent
+
+    ran = []
+
+    def add_days(date_iso: str, days: int) -> str:
+        """Add a number of days to a date written YYYY-MM-DD."""
+        ran.append((date_iso, days))
+        return (date.fromisoformat(date_iso) + timedelta(days=days)).isoformat()
+
+    registry = ToolRegistry([add_days])
+    res = run_agent(client, "smollm2-135m",
+                    [{"role": "user", "content": "What date is 30 days after 2024-01-15?"}],
+                    registry, max_iterations=3, tool_choice="required", max_tokens=60,
+                    temperature=0)
+    assert res.tool_calls and res.tool_calls[0]["name"] == "add_days"
+    tool_msgs = [m for m in res.messages if m["role"] == "tool"]
+    assert tool_msgs and tool_msgs[0]["content"] == res.tool_calls[0]["result"]
+    assert ran or tool_msgs[0]["content"].startswith("error")  # run, or its error fed back
+    assert 2 <= res.iterations <= 3
+
+
+@pytest.fixture(scope="module")
+def hf_server(adapter, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("hf-server") / "log.txt"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "llm_deeper", "serve", "--engine", "hf",
+                                 "--port", str(port), "--lora-modules", f"shout={adapter}"],
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        yield from _started(proc, port, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_the_hf_engine_gives_the_native_engines_greedy_answers(client, hf_server):
+    """Same API, two engines: transformers (+ PEFT for the adapter) one request at a time, and
+    ours (paged cache, batched, LoRA added per row). Same greedy tokens, base and adapter."""
+    from openai import OpenAI
+
+    hf = OpenAI(base_url=hf_server + "/v1", api_key="none", max_retries=0, timeout=300)
+    for model in ("smollm2-135m", "shout"):
+        kw = dict(model=model, prompt="The capital of France is", max_tokens=12, temperature=0)
+        assert hf.completions.create(**kw).choices[0].text == \
+            client.completions.create(**kw).choices[0].text

@@ -130,7 +130,8 @@ def sampling(engine: Engine, req, prompt_len: int, max_tokens: int | None, seed_
             top_k=top_k, top_p=req.top_p, min_p=req.min_p or None,
             repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty, stop=req.stop_list(),
-            seed=None if req.seed is None else req.seed + seed_offset)
+            # any integer is a seed (numpy takes 0 .. 2^64 - 1)
+            seed=None if req.seed is None else (req.seed + seed_offset) % 2**64)
     except UserError as exc:
         raise APIError(400, str(exc)) from None
 

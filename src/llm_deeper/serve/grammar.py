@@ -25,7 +25,6 @@ from ..errors import UserError
 def _llg():
     try:
         import llguidance
-        import llguidance.hf
     except ImportError:
         raise UserError("structured output needs llguidance: uv sync --extra serve.") from None
     return llguidance
@@ -34,10 +33,16 @@ def _llg():
 class GrammarFactory:
     """Holds the llguidance view of the tokenizer (built once per model)."""
 
-    def __init__(self, hf_tokenizer, vocab_size: int):
+    def __init__(self, tokenizer, vocab_size: int):
+        """tokenizer: a transformers fast tokenizer, or one with .llguidance(n_vocab)."""
         llg = _llg()
         self.llg = llg
-        self.tokenizer = llg.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size)
+        if hasattr(tokenizer, "llguidance"):
+            self.tokenizer = tokenizer.llguidance(vocab_size)
+        else:
+            import llguidance.hf  # imports transformers
+
+            self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
         self.vocab_size = vocab_size
 
     # ------------------------------------------------------------------ grammars
