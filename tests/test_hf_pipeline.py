@@ -121,6 +121,7 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow  # ~2 minutes: two processes each load the model and train
 def test_lora_under_torchrun_with_two_processes(tmp_path):
     """DDP on CPU (gloo): both processes train, rank 0 alone writes the adapter, and the
     adapter equals what one process learns from the same global batches."""

@@ -10,13 +10,20 @@ import pytest
 from conftest import shakespeare_or_skip
 
 LESSONS = sorted((Path(__file__).parents[1] / "lessons").glob("[0-9]*/*.py"))
+# over a minute each on 2 cores (they fine-tune SmolLM2): `pytest -m slow`, run by CI
+SLOW = {"04_hf/03_full_finetuning.py", "04_hf/04_lora_finetuning.py"}
+
+
+def _param(p):
+    name = f"{p.parent.name}/{p.name}"
+    return pytest.param(p, id=name, marks=[pytest.mark.slow] if name in SLOW else [])
 
 
 def test_lessons_exist():
     assert len(LESSONS) >= 9
 
 
-@pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize("lesson", [_param(p) for p in LESSONS])
 def test_lesson_runs_and_its_checks_pass(lesson, tmp_path):
     if "shakespeare.is_cached" in lesson.read_text():
         shakespeare_or_skip()

@@ -42,6 +42,7 @@ def _hf_greedy(model, tok, prompts, n=32):
     return outs
 
 
+@pytest.mark.slow  # ~75 s: mlx-lm and transformers each generate 3 x 32 tokens twice
 def test_converted_adapter_matches_peft_greedy_tokens(adapter, tmp_path):
     from llm_deeper.hf.mlx import mlx_greedy, peft_to_mlx_adapter
     from llm_deeper.hf.models import hf_dir

@@ -211,6 +211,8 @@ class NativeEngine:
     def generate(self, req: GenRequest) -> Iterator[Step]:
         if req.adapter is not None and req.adapter not in self.lora:
             raise UserError(f"unknown adapter '{req.adapter}'.")
+        if not req.prompt_ids:
+            raise UserError("the prompt is empty.")
         if req.params.max_tokens == 0:
             return
         if len(req.prompt_ids) + req.params.max_tokens > self.context_length:
@@ -265,7 +267,7 @@ class NativeEngine:
 
         slices = [SeqSlice(q.tokens[q.n_cached:], q.n_cached, q.block_table, q.req.adapter)
                   for q in batch]
-        logits = packed_forward(self.model, slices, self.cache, self.lora).float()
+        logits = packed_forward(self.model, slices, self.cache, self.lora).float().cpu()
         for seq in batch:
             seq.n_cached = len(seq.tokens)
         self.steps += 1
