@@ -58,16 +58,14 @@ def adapter(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def server(adapter, tmp_path_factory):
+def _serve(tmp_path_factory, *args):
+    """`llm-deeper serve ARGS` on a free loopback port, its output in a log file."""
     port = _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = tmp_path_factory.mktemp("server") / "log.txt"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "llm_deeper", "serve", "--port",
-                                 str(port), "--api-key", KEY, "--lora-modules",
-                                 f"shout={adapter}"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+                                 str(port), *args], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                stdout=out, stderr=subprocess.STDOUT)
     try:
         yield from _started(proc, port, log)
     finally:
@@ -76,6 +74,11 @@ def server(adapter, tmp_path_factory):
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(adapter, tmp_path_factory):
+    yield from _serve(tmp_path_factory, "--api-key", KEY, "--lora-modules", f"shout={adapter}")
 
 
 def _started(proc, port, log):
@@ -309,21 +312,7 @@ def test_agent_loop_against_the_live_server(client):
 
 @pytest.fixture(scope="module")
 def hf_server(adapter, tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("hf-server") / "log.txt"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "llm_deeper", "serve", "--engine", "hf",
-                                 "--port", str(port), "--lora-modules", f"shout={adapter}"],
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=out,
-                                stderr=subprocess.STDOUT)
-    try:
-        yield from _started(proc, port, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    yield from _serve(tmp_path_factory, "--engine", "hf", "--lora-modules", f"shout={adapter}")
 
 
 def test_the_hf_engine_gives_the_native_engines_greedy_answers(client, hf_server):
