@@ -284,6 +284,20 @@ def test_completion_logprobs(client):
     assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
 
 
+def test_chat_logprobs_plain_and_streamed(client):
+    """Streamed chunks carry the logprobs of their tokens: together, the same list as the
+    plain answer's."""
+    kw = dict(model="smollm2-135m", max_tokens=8, temperature=0, logprobs=True, top_logprobs=2,
+              messages=[{"role": "user", "content": "Name a fruit."}])
+    plain = client.chat.completions.create(**kw).choices[0].logprobs.content
+    streamed = [e for c in client.chat.completions.create(stream=True, **kw)
+                if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert len(plain) == 8 and [(e.token, e.logprob) for e in streamed] == \
+        [(e.token, e.logprob) for e in plain]
+    assert all(len(e.top_logprobs) == 2 and e.logprob == pytest.approx(e.top_logprobs[0].logprob)
+               for e in plain)
+
+
 def test_agent_loop_against_the_live_server(client):
     """agents.run_agent with a typed Python function: the forced first call parses and runs,
     its result goes back as a tool message, and the loop ends within its bound."""

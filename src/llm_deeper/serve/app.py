@@ -155,6 +155,7 @@ class Run:
         self.stops = StopStrings(gen.params.stop)
         self.text = ""
         self.finish = "length"
+        self.marks: list[int] = []  # len(steps) when each piece was yielded (for logprobs)
 
     def pieces(self):
         """Yields new text pieces; sets .finish and .text."""
@@ -168,6 +169,7 @@ class Run:
             full = tok.decode(self.tokens, skip_special_tokens=True)
             piece, stopped = self.stops.feed(full)
             if piece:
+                self.marks.append(len(self.steps))
                 yield piece
             if stopped:
                 self.finish = "stop"
@@ -177,6 +179,7 @@ class Run:
         tail = self.stops.flush(full)
         self.text = full
         if tail:
+            self.marks.append(len(self.steps))
             yield tail
 
 
@@ -404,8 +407,19 @@ async def _chat_stream(engine, gens, cid, created, model, tools, prompt_len, inc
         for i, g in enumerate(gens):
             yield chunk(i, {"role": "assistant", "content": ""})
             run, parser, n_calls, text = Run(engine, g), DeltaParser(tools), 0, ""
+            want_lp, sent, k = g.top_logprobs is not None, 0, 0
+
+            def lp(upto):  # the logprobs of the tokens since the last chunk that carried some
+                nonlocal sent
+                if not want_lp or upto <= sent:
+                    return None
+                out = {"content": logprobs_content(engine, run.steps[sent:upto])}
+                sent = upto
+                return out
+
             async for piece in iterate_in_thread(run.pieces()):
                 text += piece
+                upto, k = run.marks[k], k + 1
                 for kind, value in parser.feed(text):
                     if kind == "tool_call":
                         yield chunk(i, {"tool_calls": [{
@@ -415,13 +429,14 @@ async def _chat_stream(engine, gens, cid, created, model, tools, prompt_len, inc
                         n_calls += 1
                     elif value:
                         key = "content" if kind == "content" else "reasoning_content"
-                        yield chunk(i, {key: value})
+                        yield chunk(i, {key: value}, logprobs=lp(upto))
             for kind, value in parser.feed(text, final=True):
                 if kind in ("content", "reasoning") and value:
                     yield chunk(i, {"content" if kind == "content" else "reasoning_content":
-                                    value})
+                                    value}, logprobs=lp(len(run.steps)))
             completion += len(run.tokens)
-            yield chunk(i, {}, "tool_calls" if n_calls else run.finish)
+            yield chunk(i, {}, "tool_calls" if n_calls else run.finish,
+                        logprobs=lp(len(run.steps)))
         if include_usage:
             yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created,
                         "model": model, "choices": [],
