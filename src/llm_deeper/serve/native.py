@@ -44,7 +44,7 @@ from .engine import GenRequest, Step, choose
 _DONE = object()
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the scheduler finds and removes sequences by `in`/`remove`
 class Sequence:
     req: GenRequest
     tokens: list[int]  # prompt + generated

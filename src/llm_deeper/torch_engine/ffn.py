@@ -13,14 +13,18 @@ def linear(x, p, name, lora):
     return y
 
 
-def ffn(cfg, x, p, pre, lora):
-    if pre + "w13" in p and not lora:  # fused gate and up projections (fuse_for_inference)
-        g, u = F.linear(x, p[pre + "w13"]).chunk(2, dim=-1)
-        return linear(F.silu(g) * u, p, pre + "w2", lora)
+def ffn(cfg, x, p, pre, lora, lin=None):
+    """lin(x, name): the projection to use (default: `linear` with `lora`; the serving engine
+    passes one that adds each request's adapter to its own rows)."""
+    if lin is None:
+        if pre + "w13" in p and not lora:  # fused gate and up projections (fuse_for_inference)
+            g, u = F.linear(x, p[pre + "w13"]).chunk(2, dim=-1)
+            return linear(F.silu(g) * u, p, pre + "w2", lora)
+        lin = lambda h, name: linear(h, p, name, lora)  # noqa: E731
     if cfg.activation == "swiglu":
-        h = F.silu(linear(x, p, pre + "w1", lora)) * linear(x, p, pre + "w3", lora)
+        h = F.silu(lin(x, pre + "w1")) * lin(x, pre + "w3")
     elif cfg.activation == "gelu":
-        h = F.gelu(linear(x, p, pre + "w1", lora), approximate="tanh")
+        h = F.gelu(lin(x, pre + "w1"), approximate="tanh")
     else:
-        h = F.relu(linear(x, p, pre + "w1", lora))
-    return linear(h, p, pre + "w2", lora)
+        h = F.relu(lin(x, pre + "w1"))
+    return lin(h, pre + "w2")

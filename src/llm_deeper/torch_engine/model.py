@@ -70,16 +70,22 @@ def forward(params, cfg: ModelConfig, ids, targets=None, *, lora: dict | None = 
     if cache is not None:
         cache.pos += T
     h = norm(cfg, x, p, "norm_f")
-    head = p.get("lm_head.decode")
-    if head is None or h.shape[0] * h.shape[1] > 1:
-        head = p["wte"] if cfg.tie_embeddings else p["lm_head"]
-    logits = F.linear(h, head)
+    logits = F.linear(h, output_head(p, cfg, h.shape[0] * h.shape[1]))
     loss = None
     if targets is not None:
         z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
         loss = F.cross_entropy(z.reshape(-1, z.shape[-1]),
                                targets.reshape(-1), ignore_index=-100)
     return logits, loss
+
+
+def output_head(p, cfg: ModelConfig, rows: int):
+    """The LM head's weight: the column-major copy for a single row on CPU (see
+    TorchGPT.fuse_for_inference: faster there, slower for several rows), else the plain one."""
+    head = p.get("lm_head.decode") if rows == 1 else None
+    if head is None:
+        head = p["wte"] if cfg.tie_embeddings else p["lm_head"]
+    return head
 
 
 class _Params(nn.Module):

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ..errors import UserError
 from .attention import causal_mask
 from .ffn import ffn, linear
+from .model import output_head
 from .norms import norm
 from .positions import apply_rope, rope_table
 
@@ -208,18 +209,6 @@ def _lin(x, p, name, groups):
     return y
 
 
-def _ffn(cfg, x, p, pre, groups):
-    if not groups:
-        return ffn(cfg, x, p, pre, {})  # fused gate|up when there is no adapter to add
-    if cfg.activation == "swiglu":
-        h = F.silu(_lin(x, p, pre + "w1", groups)) * _lin(x, p, pre + "w3", groups)
-    elif cfg.activation == "gelu":
-        h = F.gelu(_lin(x, p, pre + "w1", groups), approximate="tanh")
-    else:
-        h = F.relu(_lin(x, p, pre + "w1", groups))
-    return _lin(h, p, pre + "w2", groups)
-
-
 @torch.inference_mode()
 def packed_forward(model, seqs: list[SeqSlice], cache: PagedKVCache,
                    adapters: dict[str, dict] | None = None) -> torch.Tensor:
@@ -257,9 +246,7 @@ def packed_forward(model, seqs: list[SeqSlice], cache: PagedKVCache,
         for (a, b, start), blocks in zip(inp.prefill, inp.prefill_blocks):
             out[a:b] = _prefill_attention(q[a:b], kc, vc, blocks, start)
         x = x + _lin(out.reshape(N, H * hd), p, pre + "wo", groups)
-        x = x + _ffn(cfg, norm(cfg, x, p, f"h.{i}.norm2"), p, f"h.{i}.ffn.", groups)
+        lin = (lambda h, name: _lin(h, p, name, groups)) if groups else None  # else fused
+        x = x + ffn(cfg, norm(cfg, x, p, f"h.{i}.norm2"), p, f"h.{i}.ffn.", {}, lin)
     h = norm(cfg, x[inp.last], p, "norm_f")  # only the rows whose next token is wanted
-    head = p.get("lm_head.decode") if h.shape[0] == 1 else None  # see fuse_for_inference
-    if head is None:
-        head = p["wte"] if cfg.tie_embeddings else p["lm_head"]
-    return F.linear(h, head)
+    return F.linear(h, output_head(p, cfg, h.shape[0]))
