@@ -5,10 +5,6 @@ by name, OpenAI-style errors, 64 concurrent streams, a client that hangs up; and
 (transformers + PEFT) giving the same greedy answers as the native one."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
@@ -40,12 +36,6 @@ def _http(method, url, body: bytes | None = None, headers=None):
         return e.code, json.loads(e.read() or b"null")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
     smollm2_or_skip()
@@ -60,41 +50,15 @@ def adapter(tmp_path_factory):
 
 def _serve(tmp_path_factory, *args):
     """`llm-deeper serve ARGS` on a free loopback port, its output in a log file."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "log.txt"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "llm_deeper", "serve", "--port",
-                                 str(port), *args], env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield from _started(proc, port, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    from llm_deeper.serve import ServerProcess
+
+    with ServerProcess(*args, log=tmp_path_factory.mktemp("server") / "log.txt") as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
 def server(adapter, tmp_path_factory):
     yield from _serve(tmp_path_factory, "--api-key", KEY, "--lora-modules", f"shout={adapter}")
-
-
-def _started(proc, port, log):
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail("server exited:\n" + log.read_text()[-3000:])
-        try:
-            if _http("GET", base + "/health")[0] == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        pytest.fail("server did not start")
-    yield base
 
 
 @pytest.fixture(scope="module")

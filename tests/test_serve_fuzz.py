@@ -5,9 +5,6 @@ The server runs on loopback with SmolLM2's tokenizer and chat template but a sma
 model (the HTTP layer is what is fuzzed; answers of any length cost milliseconds)."""
 
 import json
-import socket
-import threading
-import time
 import urllib.request
 
 import pytest
@@ -19,10 +16,9 @@ from conftest import smollm2_or_skip
 def base_url():
     smollm2_or_skip()
     pytest.importorskip("schemathesis")
-    import uvicorn
-
     from llm_deeper import models
     from llm_deeper.config import preset
+    from llm_deeper.serve import start_in_thread
     from llm_deeper.serve.app import create_app
     from llm_deeper.serve.native import NativeEngine, ServingTokenizer
     from llm_deeper.tokenizers import from_gguf
@@ -35,15 +31,7 @@ def base_url():
     cfg = preset("small", vocab_size=len(tok), context_length=96, d_model=32, d_ff=64,
                  n_layer=1)  # a short context keeps every answer short
     engine = NativeEngine("tiny", torch_model=TorchGPT(cfg, seed=0), tokenizer=tok)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, "tiny"), host="127.0.0.1",
-                                           port=port, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
+    server, _, port = start_in_thread(create_app(engine, "tiny"))
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import threading
 import time
 
@@ -116,23 +115,6 @@ def load_run(port: int, concurrency: int, n_requests: int, max_tokens: int, mode
             "itl_p50_ms": ms(itl, 50), "itl_p99_ms": ms(itl, 99)}
 
 
-def start_server(app):
-    """uvicorn on a free loopback port, in a daemon thread; returns (server, port)."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.time() + 60
-    while not server.started:
-        if time.time() > deadline:
-            raise UserError("the benchmark server did not start.")
-        time.sleep(0.05)
-    return server, port
-
-
 def run(model: str = "smollm2-135m", concurrency=(1, 4, 16, 64), max_tokens: int = 64,
         requests: int | None = None, batching=("on", "off"), device: str = "cpu",
         engine=None, log=print) -> dict:
@@ -141,12 +123,13 @@ def run(model: str = "smollm2-135m", concurrency=(1, 4, 16, 64), max_tokens: int
         from ..serve.app import create_app
     except ImportError:
         raise UserError("bench serve needs the 'serve' extra: uv sync --extra serve.") from None
+    from ..serve import start_in_thread
     from ..serve.native import NativeEngine
 
     own = engine is None
     if own:  # the model runs on this thread (see serve/native.py), the load on another
         engine = NativeEngine(model, device, max_num_seqs=max(concurrency), start=False)
-    server, port = start_server(create_app(engine, model))
+    server, _, port = start_in_thread(create_app(engine, model))
     log(f"bench serve: {model}, native engine on {device}, {max_tokens} tokens per request "
         f"(ignore_eos), streaming chat on 127.0.0.1:{port}")
     log(f"{'batching':>8} {'conc':>4} {'req':>4} {'req/s':>7} {'out tok/s':>9} "

@@ -45,6 +45,82 @@ def vllm_argv(model: str, host: str, port: int, api_key: str | None, lora: dict[
 ENGINES = ("native", "hf", "vllm")
 
 
+class ServerProcess:
+    """`llm-deeper serve ARGS` as a child process on a free loopback port, for lessons, tests
+    and notebooks: `with ServerProcess("--engine", "hf") as base_url: ...`. Ready once /health
+    answers 200 (ours answers JSON, vLLM an empty body); stopped on exit. The server's output
+    goes to `log` (a path), else to a temporary file; its tail is in the error if it exits."""
+
+    def __init__(self, *args: str, log=None, timeout: float = 300):
+        self.args, self.log_path, self.timeout = list(args), log, timeout
+
+    def __enter__(self) -> str:
+        import socket
+        import subprocess
+        import tempfile
+        import time
+        import urllib.request
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.log = open(self.log_path, "w+b") if self.log_path else tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, "-m", "llm_deeper", "serve", "--port",
+                                      str(port), *self.args], stdout=self.log,
+                                     stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + self.timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                tail = self.log.read().decode(errors="replace")[-3000:]
+                self.__exit__()
+                raise UserError(f"the server exited:\n{tail}")
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        return base
+            except OSError:
+                time.sleep(0.5)
+        self.__exit__()
+        raise UserError(f"the server did not start in {self.timeout:.0f} s.")
+
+    def __exit__(self, *exc) -> None:
+        import subprocess
+
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def start_in_thread(app, host: str = "127.0.0.1", port: int = 0, log_level: str = "error",
+                    timeout: float = 60):
+    """uvicorn serving `app` on a daemon thread, once it accepts connections; port 0 picks a
+    free one. Returns (server, thread, port); `server.should_exit = True` stops it."""
+    import socket
+    import time
+
+    import uvicorn
+
+    if port == 0:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+    thread = threading.Thread(target=server.run, daemon=True, name="http")
+    thread.start()
+    deadline = time.time() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.time() > deadline:
+            raise UserError(f"could not serve on {host}:{port} (is the port in use?).")
+        time.sleep(0.05)
+    return server, thread, port
+
+
 def make_engine(model: str, engine: str = "native", lora: dict[str, str] | None = None,
                 device: str = "cpu", max_num_seqs: int = 64, kv_cache_gb: float = 1.0,
                 block_size: int = 16):
@@ -83,18 +159,15 @@ def serve(model: str, engine: str = "native", host: str = "127.0.0.1", port: int
 
     eng = make_engine(model, engine, lora, device, max_num_seqs, kv_cache_gb, block_size)
     app = create_app(eng, served, api_key=api_key)
-    print(f"serving {served} on http://{host}:{port}/v1 (engine {engine})", file=sys.stderr)
     if engine != "native":
+        print(f"serving {served} on http://{host}:{port}/v1 (engine {engine})", file=sys.stderr)
         uvicorn.run(app, host=host, port=port, log_level="warning")
         return
     # the model runs on this (main) thread, HTTP on a side thread: see native.py
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    http = threading.Thread(target=server.run, daemon=True, name="http")
-    http.start()
+    server, http, _ = start_in_thread(app, host, port, log_level="warning")
+    print(f"serving {served} on http://{host}:{port}/v1 (engine {engine})", file=sys.stderr)
     threading.Thread(target=lambda: (http.join(), eng.stop()), daemon=True).start()
     try:
-        eng.run_forever()  # returns when the HTTP server stops (e.g. the port was taken)
+        eng.run_forever()  # returns when the HTTP server stops
     except KeyboardInterrupt:
         server.should_exit = True
-    if not server.started:
-        raise UserError(f"could not serve on {host}:{port} (is the port in use?).")
