@@ -73,23 +73,16 @@ def read_tensors(path, what: str = "tensors") -> dict[str, np.ndarray]:
 
 def load_checkpoint(ckpt_dir, dtype=np.float32):
     """(config, params, tokenizer or None, trainer_state or {}) with shapes checked."""
-    from .numpy_engine.model import param_shapes
+    from .params import LORA_SUFFIXES, check_params, param_shapes
     from .tokenizers import load_tokenizer
 
     ckpt_dir = Path(ckpt_dir)
     cfg = read_config(ckpt_dir)
     params = read_tensors(ckpt_dir / "model.safetensors", "parameters")
+    check_params(cfg, params, f"{ckpt_dir}/model.safetensors")
     expected = param_shapes(cfg)
-    missing = sorted(set(expected) - set(params))
-    if missing:
-        raise UserError(f"{ckpt_dir}/model.safetensors lacks {missing[0]} "
-                        f"({len(missing)} missing); the checkpoint does not match its config.")
-    for k, shape in expected.items():
-        if tuple(params[k].shape) != tuple(shape):
-            raise UserError(f"{ckpt_dir}: {k} has shape {tuple(params[k].shape)}, the config "
-                            f"says {tuple(shape)}.")
     params = {k: v.astype(dtype, copy=False) for k, v in params.items()
-              if k in expected or k.endswith((".lora_A", ".lora_B"))}
+              if k in expected or k.endswith(LORA_SUFFIXES)}
     tok = load_tokenizer(ckpt_dir) if (ckpt_dir / "tokenizer.json").is_file() else None
     state = {}
     if (ckpt_dir / "trainer_state.json").is_file():

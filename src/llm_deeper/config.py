@@ -4,28 +4,16 @@ GPT-2-style models (learned positions, LayerNorm, GELU, tied embeddings) and Lla
 (RoPE, RMSNorm, SwiGLU, grouped-query attention) are points in the same space, so the NumPy
 engine, the PyTorch engine and the checkpoints all read this one description.
 
-Parameter names are shared by every engine and by checkpoints (`config.json` +
-`model.safetensors`); weights of linear layers are stored `(out_features, in_features)` as in
-PyTorch, so `y = x @ W.T`:
-
-    wte                     (vocab_size, d_model)       token embedding
-    wpe                     (context_length, d_model)   learned positions only
-    h.{i}.norm1.weight/.bias                            pre-attention norm (bias: LayerNorm + bias)
-    h.{i}.attn.wq/.wk/.wv/.wo (+ .bq/.bk/.bv/.bo)       attention projections
-    h.{i}.norm2.weight/.bias                            pre-FFN norm
-    h.{i}.ffn.w1 (+ .b1)    (d_ff, d_model)             up (GELU/ReLU) or gate (SwiGLU)
-    h.{i}.ffn.w3            (d_ff, d_model)             up (SwiGLU only)
-    h.{i}.ffn.w2 (+ .b2)    (d_model, d_ff)             down
-    norm_f.weight/.bias                                 final norm
-    lm_head                 (vocab_size, d_model)       untied head only
+The parameters each config calls for (names, shapes, initialisation) are in params.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from . import params
 from .errors import UserError
 
 NORMS = ("layernorm", "rmsnorm")
@@ -58,7 +46,6 @@ class ModelConfig:
     v_head_dim: int = 0
     norm_eps: float = 1e-5
     dropout: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -82,6 +69,20 @@ class ModelConfig:
         if self.attention == "mla":
             return self.n_layer * (self.kv_lora_rank + self.qk_rope_head_dim)
         return 2 * self.n_layer * self.n_kv_head * self.head_dim
+
+    def check_input(self, ids, pos0: int = 0, vocab: bool = True) -> None:
+        """The checks both engines make before a forward pass: the sequence fits the context,
+        and (vocab=True) every token id is in the vocabulary. ids: (B, T) integers, NumPy or
+        torch (the torch engine skips the vocabulary check on a GPU, where it would wait for
+        the device)."""
+        T = ids.shape[-1]
+        if pos0 + T > self.context_length:
+            raise UserError(f"the sequence ({pos0 + T} tokens) is longer than the model's "
+                            f"context_length ({self.context_length}); shorten the prompt or "
+                            "--max-tokens.")
+        if vocab and T and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            bad = int(ids.max()) if int(ids.max()) >= self.vocab_size else int(ids.min())
+            raise UserError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1}).")
 
     def validate(self) -> None:
         def bad(msg: str):
@@ -130,6 +131,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        if not d.get("extra", True):  # an empty field that checkpoints before 0.2 carry
+            d = {k: v for k, v in d.items() if k != "extra"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise UserError(f"config has fields this version does not know: {', '.join(unknown)}.")
@@ -142,17 +145,8 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def n_params(self) -> int:
-        """Number of parameters, counted from the shapes the engines create."""
-        from .numpy_engine.model import param_shapes
-
-        return sum(int(_prod(s)) for s in param_shapes(self).values())
-
-
-def _prod(shape) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
+        """Number of parameters, counted from the shapes the engines create (params.py)."""
+        return params.n_params(self)
 
 
 # --- presets ---------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from .common import alternate, json_line, matmul_peak_gflops, median
 
 
 def flops_per_token(cfg) -> float:
-    from ..numpy_engine.model import param_shapes
+    from ..params import param_shapes
 
     matmul = sum(int(np.prod(s)) for k, s in param_shapes(cfg).items()
                  if len(s) == 2 and k not in ("wte", "wpe"))

@@ -10,6 +10,8 @@ B starts at zero, so training starts from exactly the base model.
 
 from __future__ import annotations
 
+from ..params import bias_name
+
 
 def linear_forward(x, w, b=None, lora=None):
     # Flatten the leading axes first: one (B*T, in) x (in, out) GEMM is far faster than NumPy's
@@ -45,12 +47,6 @@ def linear_backward(dy, cache, need_w: bool = True):
         dx = dx + (dh @ a).reshape(x.shape)
         dlora = (dA, dB)
     return dx, dw, db, dlora
-
-
-def bias_name(weight_name: str) -> str:
-    """'h.0.attn.wq' -> 'h.0.attn.bq': every weight `w*` has its bias `b*` beside it."""
-    head, _, last = weight_name.rpartition(".")
-    return f"{head}.b{last[1:]}"
 
 
 def dense_forward(p: dict, name: str, x, lora: dict):

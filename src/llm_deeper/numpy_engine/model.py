@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import ModelConfig
+from ..params import init_params, param_shapes  # noqa: F401 (param_shapes: re-exported)
 from .attention import attention_backward, attention_forward
 from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward
@@ -20,74 +21,6 @@ from .ffn import ffn_backward, ffn_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
 from .norms import NORMS
 from .positions import rope_cos_sin, sinusoidal_table
-
-
-def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    d, f, hd = cfg.d_model, cfg.d_ff, cfg.head_dim
-    shapes: dict[str, tuple[int, ...]] = {"wte": (cfg.vocab_size, d)}
-    if cfg.position == "learned":
-        shapes["wpe"] = (cfg.context_length, d)
-
-    def norm(name):
-        shapes[name + ".weight"] = (d,)
-        if cfg.norm == "layernorm" and cfg.bias:
-            shapes[name + ".bias"] = (d,)
-
-    def lin(name, out_f, in_f):
-        shapes[name] = (out_f, in_f)
-        if cfg.bias:
-            head, _, last = name.rpartition(".")
-            shapes[f"{head}.b{last[1:]}"] = (out_f,)
-
-    for i in range(cfg.n_layer):
-        p = f"h.{i}."
-        norm(p + "norm1")
-        if cfg.attention == "mla":  # torch_engine/mla.py
-            H, qk = cfg.n_head, cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
-            if cfg.q_lora_rank:
-                shapes[p + "attn.wq_a"] = (cfg.q_lora_rank, d)
-                shapes[p + "attn.q_norm.weight"] = (cfg.q_lora_rank,)
-                shapes[p + "attn.wq_b"] = (H * qk, cfg.q_lora_rank)
-            else:
-                shapes[p + "attn.wq"] = (H * qk, d)
-            shapes[p + "attn.wkv_a"] = (cfg.kv_lora_rank + cfg.qk_rope_head_dim, d)
-            shapes[p + "attn.kv_norm.weight"] = (cfg.kv_lora_rank,)
-            shapes[p + "attn.wkv_b"] = (H * (cfg.qk_nope_head_dim + cfg.v_head_dim),
-                                        cfg.kv_lora_rank)
-            shapes[p + "attn.wo"] = (d, H * cfg.v_head_dim)
-        else:
-            lin(p + "attn.wq", cfg.n_head * hd, d)
-            lin(p + "attn.wk", cfg.n_kv_head * hd, d)
-            lin(p + "attn.wv", cfg.n_kv_head * hd, d)
-            lin(p + "attn.wo", d, cfg.n_head * hd)
-        norm(p + "norm2")
-        lin(p + "ffn.w1", f, d)
-        if cfg.activation == "swiglu":
-            lin(p + "ffn.w3", f, d)
-        lin(p + "ffn.w2", d, f)
-    norm("norm_f")
-    if not cfg.tie_embeddings:
-        shapes["lm_head"] = (cfg.vocab_size, d)
-    return shapes
-
-
-def init_params(cfg: ModelConfig, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
-    """GPT-2 initialisation: N(0, 0.02) weights, the two residual projections (wo, w2) scaled by
-    1/sqrt(2 n_layer) so the residual stream's variance does not grow with depth; norms 1, biases 0."""
-    rng = np.random.default_rng(seed)
-    params = {}
-    for name, shape in param_shapes(cfg).items():
-        if name.endswith(".weight") and len(shape) == 1:
-            a = np.ones(shape)
-        elif len(shape) == 1:
-            a = np.zeros(shape)
-        else:
-            std = 0.02
-            if name.endswith(("attn.wo", "ffn.w2")):
-                std /= np.sqrt(2 * cfg.n_layer)
-            a = rng.normal(0.0, std, size=shape)
-        params[name] = a.astype(dtype)
-    return params
 
 
 class KVCache:

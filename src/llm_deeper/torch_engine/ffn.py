@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from ..params import bias_name
+
 
 def linear(x, p, name, lora):
-    head, _, last = name.rpartition(".")
-    y = F.linear(x, p[name], p.get(f"{head}.b{last[1:]}"))
+    y = F.linear(x, p[name], p.get(bias_name(name)))
     if name in lora:
         y = y + lora[name] * F.linear(F.linear(x, p[name + ".lora_A"]), p[name + ".lora_B"])
     return y

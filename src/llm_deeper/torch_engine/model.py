@@ -98,7 +98,7 @@ class TorchGPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         if params is None:
-            from ..numpy_engine.model import init_params
+            from ..params import init_params
 
             params = init_params(cfg, seed)
         for name, value in params.items():

@@ -77,7 +77,7 @@ def train_torch(cfg: ModelConfig, tokenizer, train_ids, val_ids, tc: TrainConfig
     autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else \
         contextlib.nullcontext
     torch.manual_seed(tc.seed)
-    from ..numpy_engine.model import init_params
+    from ..params import init_params
 
     model = TorchGPT(cfg, init_params(cfg, tc.seed)).to(dev)
     names = [n for n, _ in model.named_parameters()]
