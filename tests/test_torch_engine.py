@@ -12,10 +12,11 @@ from llm_deeper.checkpoint import load_checkpoint, save_checkpoint
 from llm_deeper.config import ModelConfig
 from llm_deeper.errors import UserError
 from llm_deeper.numpy_engine.model import GPT
-from llm_deeper.numpy_engine.train import TrainConfig
 from llm_deeper.tokenizers import CharTokenizer
 from llm_deeper.torch_engine.model import KVCache, TorchGPT
-from llm_deeper.torch_engine.train import train_torch
+from llm_deeper.params import init_params
+from llm_deeper.torch_engine.train import TorchTrainer
+from llm_deeper.train import TrainConfig, train
 
 KINDS = {"mha": dict(n_kv_head=4), "gqa": dict(n_kv_head=2), "mqa": dict(n_kv_head=1)}
 
@@ -77,8 +78,10 @@ def _train_torch(out, steps, stop_after=None, resume=False):
     cfg = cfg_for("gqa", vocab_size=tok.vocab_size, context_length=16)
     tc = TrainConfig(steps=steps, batch_size=4, grad_accum=2, warmup=2, eval_interval=4,
                      eval_iters=2, final_eval_iters=2, lr=3e-3)
-    return train_torch(cfg, tok, ids[:3000], ids[3000:], tc, out, resume=resume, progress=False,
-                       stop_after=stop_after, log=lambda *_: None)
+    trainer = TorchTrainer(TorchGPT(cfg, init_params(cfg, tc.seed)))
+    r = train(trainer, tok, ids[:3000], ids[3000:], tc, out, resume=resume, progress=False,
+              stop_after=stop_after, log=lambda *_: None)
+    return {**r, "model": trainer.model}
 
 
 def test_torch_checkpoint_loads_in_numpy_and_back(tmp_path):

@@ -12,9 +12,10 @@ from llm_deeper.checkpoint import load_checkpoint
 from llm_deeper.config import ModelConfig
 from llm_deeper.errors import UserError
 from llm_deeper.numpy_engine.model import GPT
-from llm_deeper.numpy_engine.optim import AdamW, clip_grad_norm, lr_at
-from llm_deeper.numpy_engine.train import TrainConfig, train
+from llm_deeper.numpy_engine.optim import AdamW, clip_grad_norm
+from llm_deeper.numpy_engine.train import NumpyTrainer
 from llm_deeper.tokenizers import CharTokenizer
+from llm_deeper.train import TrainConfig, lr_at, train
 
 TEXT = "".join(f"{i} little pigs went to market; {i * 7 % 13} came home.\n" for i in range(300))
 
@@ -78,7 +79,8 @@ def _run(out, steps, stop_after=None, resume=False, dropout=0.1):
     tc = TrainConfig(steps=steps, batch_size=4, grad_accum=2, warmup=3, eval_interval=4,
                      eval_iters=2, final_eval_iters=2, lr=3e-3)
     model = GPT(cfg, seed=tc.seed)
-    return train(model, tok, ids[:3000], ids[3000:], tc, out, resume=resume, progress=False,
+    return train(NumpyTrainer(model), tok, ids[:3000], ids[3000:], tc, out, resume=resume,
+                 progress=False,
                  stop_after=stop_after, log=lambda *_: None)
 
 

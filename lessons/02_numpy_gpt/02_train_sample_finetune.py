@@ -19,9 +19,10 @@ from llm_deeper.data import load_text, shakespeare, split_train_val  # noqa: E40
 from llm_deeper.numpy_engine.generate import generate  # noqa: E402
 from llm_deeper.numpy_engine.lora import LoraConfig, add_lora  # noqa: E402
 from llm_deeper.numpy_engine.model import GPT  # noqa: E402
-from llm_deeper.numpy_engine.train import TrainConfig, estimate_loss, train  # noqa: E402
+from llm_deeper.numpy_engine.train import NumpyTrainer  # noqa: E402
 from llm_deeper.sampling import SamplingParams  # noqa: E402
 from llm_deeper.tokenizers import CharTokenizer  # noqa: E402
+from llm_deeper.train import TrainConfig, estimate_loss, train  # noqa: E402
 
 if not shakespeare.is_cached():
     raise SystemExit("run 'llm-deeper data pull shakespeare' first")
@@ -33,9 +34,9 @@ cfg = preset("small", vocab_size=tok.vocab_size, context_length=64)
 model = GPT(cfg, seed=0)
 steps = 60 if QUICK else 600
 print(f"{cfg.n_params():,} parameters; {len(train_ids):,} training characters; {steps} steps")
-before = estimate_loss(model, val_ids, 10, 12, 0)
-r = train(model, tok, train_ids, val_ids, TrainConfig(steps=steps, eval_interval=steps,
-          eval_iters=10, final_eval_iters=10, warmup=steps // 10, lr=3e-3),
+before = estimate_loss(NumpyTrainer(model), val_ids, 10, 12, 0)
+r = train(NumpyTrainer(model), tok, train_ids, val_ids, TrainConfig(
+          steps=steps, eval_interval=steps, eval_iters=10, final_eval_iters=10, warmup=steps // 10, lr=3e-3),
           OUT / "sonnets-small", progress=False)
 print(f"val loss: {before:.3f} (untrained; ln {tok.vocab_size} = {np.log(tok.vocab_size):.3f}) "
       f"-> {r['val_loss']:.3f}")
@@ -57,11 +58,11 @@ for t in (0.0, 0.7, 1.2):
 plays = np.array(tok.encode(load_text("hamlet")))
 p_train, p_val = split_train_val(plays)
 lora_steps = 40 if QUICK else 300
-base_loss = estimate_loss(model, p_val, 10, 12, 0)
+base_loss = estimate_loss(NumpyTrainer(model), p_val, 10, 12, 0)
 names = add_lora(model, LoraConfig(rank=4, alpha=8, targets=["wq", "wv"]))
 share = model.n_params(trainable_only=True) / model.n_params()
-r2 = train(model, tok, p_train, p_val, TrainConfig(steps=lora_steps, eval_interval=lora_steps,
-           eval_iters=10, final_eval_iters=10, warmup=5, lr=3e-3, weight_decay=0.0),
+r2 = train(NumpyTrainer(model), tok, p_train, p_val, TrainConfig(
+           steps=lora_steps, eval_interval=lora_steps, eval_iters=10, final_eval_iters=10, warmup=5, lr=3e-3, weight_decay=0.0),
            OUT / "hamlet-lora", progress=False)
 print(f"LoRA on {len(names)} matrices: {100 * share:.2f} % trainable; Hamlet val loss "
       f"{base_loss:.3f} -> {r2['val_loss']:.3f}")

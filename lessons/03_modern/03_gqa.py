@@ -16,9 +16,11 @@ from _common import OUT, QUICK, check  # noqa: E402
 
 from llm_deeper.config import ModelConfig  # noqa: E402
 from llm_deeper.data import load_text, shakespeare, split_train_val  # noqa: E402
-from llm_deeper.numpy_engine.train import TrainConfig  # noqa: E402
+from llm_deeper.params import init_params  # noqa: E402
 from llm_deeper.tokenizers import CharTokenizer  # noqa: E402
-from llm_deeper.torch_engine.train import train_torch  # noqa: E402
+from llm_deeper.torch_engine.model import TorchGPT  # noqa: E402
+from llm_deeper.torch_engine.train import TorchTrainer  # noqa: E402
+from llm_deeper.train import TrainConfig, train  # noqa: E402
 
 if not shakespeare.is_cached():
     raise SystemExit("run 'llm-deeper data pull shakespeare' first")
@@ -30,10 +32,10 @@ for kv in (4, 2, 1):
     cfg = ModelConfig(vocab_size=tok.vocab_size, context_length=64, n_layer=3, n_head=4,
                       n_kv_head=kv, d_model=64, d_ff=176, norm="rmsnorm", activation="swiglu",
                       position="rope")
-    r = train_torch(cfg, tok, train_ids, val_ids,
-                    TrainConfig(steps=steps, batch_size=16, eval_interval=steps, eval_iters=10,
-                                final_eval_iters=20, warmup=steps // 10, lr=3e-3),
-                    OUT / f"gqa-{kv}", progress=False, log=lambda *_: None)
+    tc = TrainConfig(steps=steps, batch_size=16, eval_interval=steps, eval_iters=10,
+                     final_eval_iters=20, warmup=steps // 10, lr=3e-3)
+    r = train(TorchTrainer(TorchGPT(cfg, init_params(cfg, tc.seed))), tok, train_ids, val_ids,
+              tc, OUT / f"gqa-{kv}", progress=False, log=lambda *_: None)
     rows.append((kv, cfg.n_params(), 4 * cfg.kv_cache_numbers_per_token(), r["val_loss"]))
     print(f"n_kv_head {kv}: {cfg.n_params():,} parameters, KV cache {rows[-1][2]:,} bytes/token, "
           f"val loss {r['val_loss']:.3f}")

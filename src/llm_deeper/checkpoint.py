@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -71,8 +72,15 @@ def read_tensors(path, what: str = "tensors") -> dict[str, np.ndarray]:
         raise UserError(f"{path} is corrupt or not a safetensors file ({exc}).") from None
 
 
-def load_checkpoint(ckpt_dir, dtype=np.float32):
-    """(config, params, tokenizer or None, trainer_state or {}) with shapes checked."""
+class Checkpoint(NamedTuple):
+    config: ModelConfig
+    params: dict  # name -> array, shapes checked against the config
+    tokenizer: object | None
+    state: dict  # trainer_state.json, {} for a model without a training run
+
+
+def load_checkpoint(ckpt_dir, dtype=np.float32) -> Checkpoint:
+    """Config, parameters, tokenizer and trainer state of a checkpoint directory, read once."""
     from .params import LORA_SUFFIXES, check_params, param_shapes
     from .tokenizers import load_tokenizer
 
@@ -90,4 +98,4 @@ def load_checkpoint(ckpt_dir, dtype=np.float32):
             state = json.loads((ckpt_dir / "trainer_state.json").read_text())
         except json.JSONDecodeError as exc:
             raise UserError(f"{ckpt_dir}/trainer_state.json is corrupt ({exc}).") from None
-    return cfg, params, tok, state
+    return Checkpoint(cfg, params, tok, state)

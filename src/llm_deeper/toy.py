@@ -12,7 +12,10 @@ import numpy as np
 from .config import preset
 from .numpy_engine.loss import IGNORE
 from .numpy_engine.model import GPT
-from .numpy_engine.optim import AdamW, clip_grad_norm, lr_at
+from .numpy_engine.optim import AdamW, clip_grad_norm
+from .numpy_engine.speed import tune_malloc
+from .progress import progress_bar
+from .train import lr_at
 
 
 def sort_batch(rng: np.random.Generator, batch_size: int, n: int = 9, n_values: int = 3):
@@ -33,14 +36,13 @@ def sort_accuracy(model: GPT, rng: np.random.Generator, n_lists: int = 500, n: i
 
 def train_sorter(steps: int = 1500, batch_size: int = 64, lr: float = 1e-2, seed: int = 0,
                  progress: bool = False) -> tuple[GPT, list[float]]:
+    tune_malloc()
     cfg = preset("tinygpt")
     model = GPT(cfg, seed=seed)
     opt = AdamW(model.params, list(model.params), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
     rng = np.random.default_rng(seed)
     losses = []
-    from tqdm.auto import tqdm
-
-    for step in tqdm(range(steps), desc="tinygpt sort", disable=not progress):
+    for step in progress_bar(range(steps), desc="tinygpt sort", enabled=progress):
         loss, grads = model.loss_and_grads(*sort_batch(rng, batch_size))
         clip_grad_norm(grads, 1.0)
         opt.step(grads, lr_at(step, lr, lr / 10, 50, steps))

@@ -55,19 +55,18 @@ def train_run(*, preset_name: str = "baby", data: str = "works", tokenizer: str 
               progress: bool = True, log=print, engine: str = "numpy", device: str = "cpu",
               compile: bool = False) -> dict:
     from .data import load_text, split_train_val
-    from .numpy_engine.model import GPT
-    from .numpy_engine.train import TrainConfig, train
+    from .params import init_params
+    from .train import TrainConfig, train
 
     out_dir = Path(out)
     text = load_text(data)
+    ck = None
     if resume:
-        from .checkpoint import read_config
-        from .tokenizers import load_tokenizer
-
-        cfg = read_config(out_dir)
-        tok = load_tokenizer(out_dir)
-        state = load_checkpoint(out_dir)[3]
-        tc = TrainConfig(**{**state.get("train_config", {}), "steps": steps})
+        ck = load_checkpoint(out_dir)  # read once: config, tokenizer, state, weights
+        if ck.tokenizer is None:
+            raise UserError(f"{out_dir} has no tokenizer.json; it cannot be resumed.")
+        cfg, tok = ck.config, ck.tokenizer
+        tc = TrainConfig(**{**ck.state.get("train_config", {}), "steps": steps})
     else:
         if (out_dir / "trainer_state.json").exists():
             raise UserError(f"{out_dir} already holds a training run; pass --resume to continue "
@@ -83,22 +82,26 @@ def train_run(*, preset_name: str = "baby", data: str = "works", tokenizer: str 
                             f"context_length + 1 = {cfg.context_length + 1}; use more text or "
                             "a smaller --context-length.")
     if engine == "torch":
-        from .torch_engine.train import resolve_device, train_torch
+        from .torch_engine.model import TorchGPT
+        from .torch_engine.train import TorchTrainer
 
-        resolve_device(device)
-    log(f"model: {cfg.n_params():,} parameters ({cfg.n_layer} layers, d_model {cfg.d_model}, "
-        f"{cfg.n_head} heads / {cfg.n_kv_head} kv, {cfg.norm}, {cfg.activation}, "
-        f"{cfg.position} positions); data: {data}, {len(train_ids):,} train / "
-        f"{len(val_ids):,} val tokens ({tok.kind}, vocab {tok.vocab_size})")
-    if engine == "torch":
-        result = train_torch(cfg, tok, train_ids, val_ids, tc, out_dir, device=device,
-                             resume=resume, compile=compile, progress=progress, log=log)
+        trainer = TorchTrainer(TorchGPT(cfg, init_params(cfg, tc.seed)), device=device,
+                               compile=compile)
+    elif engine == "numpy":
+        from .numpy_engine.model import GPT
+        from .numpy_engine.train import NumpyTrainer
+
+        trainer = NumpyTrainer(GPT(cfg, init_params(cfg, tc.seed)))
     else:
-        model = GPT(cfg, seed=tc.seed)
-        result = train(model, tok, train_ids, val_ids, tc, out_dir, resume=resume,
-                       progress=progress, log=log)
-        result["model"] = model
-    result.update(tokenizer=tok, out=str(out_dir))
+        raise UserError(f"--engine must be numpy or torch, got '{engine}'.")
+    if trainer.rank == 0:
+        log(f"model: {cfg.n_params():,} parameters ({cfg.n_layer} layers, d_model "
+            f"{cfg.d_model}, {cfg.n_head} heads / {cfg.n_kv_head} kv, {cfg.norm}, "
+            f"{cfg.activation}, {cfg.position} positions); data: {data}, {len(train_ids):,} "
+            f"train / {len(val_ids):,} val tokens ({tok.kind}, vocab {tok.vocab_size})")
+    result = train(trainer, tok, train_ids, val_ids, tc, out_dir, resume=ck or False,
+                   progress=progress, log=log)
+    result.update(model=trainer.model, tokenizer=tok, out=str(out_dir))
     return result
 
 
@@ -108,7 +111,8 @@ def finetune_run(*, checkpoint: str, data: str = "sonnets", method: str = "lora"
                  merge_out: str | None = None, progress: bool = True, log=print) -> dict:
     from .data import load_text, split_train_val
     from .numpy_engine.lora import LoraConfig, add_lora, merge, save_adapter, strip_lora
-    from .numpy_engine.train import TrainConfig, estimate_loss, train
+    from .numpy_engine.train import NumpyTrainer
+    from .train import TrainConfig, estimate_loss, train
 
     if method not in ("full", "lora"):
         raise UserError(f"--method must be full or lora, got '{method}'.")
@@ -123,7 +127,8 @@ def finetune_run(*, checkpoint: str, data: str = "sonnets", method: str = "lora"
                      lr=lr if lr is not None else (1e-3 if method == "lora" else 3e-4),
                      min_lr=(lr or 1e-3) / 10, weight_decay=0.0 if method == "lora" else 0.1,
                      eval_interval=max(1, steps // 4), eval_iters=20, final_eval_iters=50)
-    before = estimate_loss(model, val_ids, tc.final_eval_iters, batch_size, tc.seed + 2)
+    before = estimate_loss(NumpyTrainer(model), val_ids, tc.final_eval_iters, batch_size,
+                           tc.seed + 2)
     total = model.n_params()
     lcfg = None
     if method == "lora":
@@ -134,8 +139,8 @@ def finetune_run(*, checkpoint: str, data: str = "sonnets", method: str = "lora"
     log(f"{method} fine-tuning on '{data}': {trainable:,} trainable parameters of {total:,} "
         f"({100 * share:.2f} %); val loss before: {before:.4f}")
     extra = {"lora": None if lcfg is None else vars(lcfg), "base_checkpoint": str(checkpoint)}
-    result = train(model, tok, train_ids, val_ids, tc, out, progress=progress, log=log,
-                   extra_state=extra)
+    result = train(NumpyTrainer(model), tok, train_ids, val_ids, tc, out, progress=progress,
+                   log=log, extra_state=extra)
     after = result["val_loss"]
     adapter_dir = None
     if method == "lora":

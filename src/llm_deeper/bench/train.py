@@ -30,6 +30,7 @@ def run(preset_name: str = "baby", batch_size: int = 12, rounds: int = 5,
         steps_per_round: int = 6, torch_threads: int | None = None, log=print) -> dict:
     from ..numpy_engine.model import GPT
     from ..numpy_engine.optim import AdamW, clip_grad_norm
+    from ..numpy_engine.speed import tune_malloc
 
     try:
         import torch
@@ -40,6 +41,7 @@ def run(preset_name: str = "baby", batch_size: int = 12, rounds: int = 5,
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
+    tune_malloc()  # as training does (numpy_engine/train.py)
     cfg = preset(preset_name, dropout=0.0)
     B, T = batch_size, cfg.context_length
     rng = np.random.default_rng(0)

@@ -3,11 +3,9 @@
 One file per concept; each has `*_forward` (returning the output and what the backward pass
 needs) and `*_backward` (returning the gradients). `model.py` wires them into a decoder.
 Every backward is checked against PyTorch autograd in float64 (tests/test_numpy_grads.py).
+Training first tunes glibc's allocator for the engine's large temporaries (speed.py).
 """
 
 from .model import GPT, KVCache
-from .speed import tune_malloc
-
-tune_malloc()
 
 __all__ = ["GPT", "KVCache"]

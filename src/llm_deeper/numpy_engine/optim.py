@@ -1,4 +1,4 @@
-"""AdamW, the learning-rate schedule and gradient clipping.
+"""AdamW and gradient clipping (the learning-rate schedule is train.lr_at).
 
 AdamW (Loshchilov & Hutter 2019), one step t for parameter p with gradient g:
     m = b1 m + (1 - b1) g,           v = b2 v + (1 - b2) g^2
@@ -54,16 +54,6 @@ class AdamW:
             self.m[k][...] = state[f"m.{k}"]
             self.v[k][...] = state[f"v.{k}"]
         self.t = int(state["t"][0])
-
-
-def lr_at(step: int, max_lr: float, min_lr: float, warmup: int, total: int) -> float:
-    """Linear warmup for `warmup` steps, then cosine decay from max_lr to min_lr at `total`."""
-    if step < warmup:
-        return max_lr * (step + 1) / (warmup + 1)
-    if step >= total:
-        return min_lr
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
 
 def clip_grad_norm(grads: dict, max_norm: float) -> float:
