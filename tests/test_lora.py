@@ -10,6 +10,7 @@ from llm_deeper.errors import UserError
 from llm_deeper.numpy_engine.lora import (LoraConfig, add_lora, adapter_tensors, load_adapter,
                                           merge, save_adapter, unmerge)
 from llm_deeper.numpy_engine.model import GPT
+from llm_deeper.torch_engine.context import StepContext
 from llm_deeper.torch_engine.model import forward
 
 CFG = ModelConfig(vocab_size=13, context_length=8, n_layer=2, n_head=4, n_kv_head=2, d_model=16,
@@ -34,7 +35,7 @@ def test_lora_gradients_match_autograd_and_base_is_frozen():
     assert set(grads) == {n + s for n in names for s in (".lora_A", ".lora_B")}
     tp = {k: torch.tensor(v, requires_grad=True) for k, v in model.params.items()}
     _, tl = forward(tp, CFG, torch.tensor(ids), torch.tensor(targets),
-                    lora={n: 2.0 for n in names})
+                    ctx=StepContext(lora={n: 2.0 for n in names}))
     tl.backward()
     assert abs(loss - tl.item()) < 1e-10
     for k, g in grads.items():

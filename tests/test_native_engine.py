@@ -14,7 +14,8 @@ from llm_deeper.sampling import SamplingParams
 from llm_deeper.serve.engine import GenRequest
 from llm_deeper.serve.native import BlockManager, NativeEngine, Scheduler, Sequence
 from llm_deeper.torch_engine.model import TorchGPT
-from llm_deeper.torch_engine.paged import PagedKVCache, SeqSlice, load_peft_lora, packed_forward
+from llm_deeper.serve.native import load_lora
+from llm_deeper.torch_engine.paged import PagedKVCache, SeqSlice, packed_forward
 
 V = 50
 
@@ -164,7 +165,7 @@ def test_lora_adapters_in_one_step_equal_peft(tmp_path):
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     peft = random_lora(hf, rank=4, alpha=8, std=0.2)  # every linear layer
     peft.save_pretrained(tmp_path / "ad")
-    lora = {"ad": load_peft_lora(tmp_path / "ad", m.cfg)}
+    lora = {"ad": load_lora(tmp_path / "ad", m.cfg, torch.float32, "cpu")}
     ids = [3, 1, 4, 1, 5, 9, 2, 6]
     cache = PagedKVCache(m.cfg, 8, 4)
     out = packed_forward(m, [SeqSlice(ids, 0, [0, 1], "ad"), SeqSlice(ids, 0, [2, 3])], cache,

@@ -196,3 +196,40 @@ def export_hf(out_dir, cfg: ModelConfig, params: dict, tokenizer=None, *, chat_t
                 tc["chat_template"] = chat_template
             (tmp / "tokenizer_config.json").write_text(json.dumps(tc, indent=2))
     return Path(out_dir)
+
+
+# ------------------------------------------------------------------------------ PEFT adapters
+def read_peft_lora(path, cfg: ModelConfig) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """A PEFT LoRA adapter directory -> {our weight name: (A (r, in), B (out, r), alpha / r)}
+    (alpha / sqrt(r) with rsLoRA). Refuses, in one sentence, what the engines cannot apply."""
+    import json
+    import math
+
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    try:
+        conf = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{path} is not a PEFT adapter directory (no adapter_config.json).") \
+            from None
+    for key, ok in (("use_dora", False), ("fan_in_fan_out", False), ("modules_to_save", None)):
+        if conf.get(key) not in (ok, None, [] if ok is None else ok):
+            raise UserError(f"{path}: adapters with {key}={conf[key]} are not served by the "
+                            "native engine (--engine hf serves them).")
+    if conf.get("bias", "none") != "none":
+        raise UserError(f"{path}: LoRA biases are not served by the native engine.")
+    r, alpha = conf["r"], conf["lora_alpha"]
+    scale = alpha / math.sqrt(r) if conf.get("use_rslora") else alpha / r
+    ours = {}
+    for i in range(cfg.n_layer):
+        for n in ("attn.wq", "attn.wk", "attn.wv", "attn.wo", "ffn.w1", "ffn.w2", "ffn.w3"):
+            ours[hf_name(f"h.{i}.{n}").removesuffix(".weight")] = f"h.{i}.{n}"
+    factors: dict = {}
+    for key, t in load_file(str(path / "adapter_model.safetensors")).items():
+        module, _, kind = key.removeprefix("base_model.model.").rpartition(".lora_")
+        name = ours.get(module)
+        if name is None or kind not in ("A.weight", "B.weight"):
+            raise UserError(f"{path}: the native engine cannot place '{key}'.")
+        factors.setdefault(name, {})[kind[0]] = t
+    return {n: (w["A"], w["B"], scale) for n, w in factors.items()}

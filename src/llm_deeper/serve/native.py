@@ -160,7 +160,7 @@ class NativeEngine:
                  block_size: int = 16, kv_cache_bytes: int = 1 << 30,
                  max_batched_tokens: int = 4096, adapters: dict[str, str] | None = None, *,
                  torch_model=None, tokenizer=None, start: bool = True):
-        from ..torch_engine.paged import PagedKVCache, load_peft_lora
+        from ..torch_engine.paged import PagedKVCache
 
         self.model_name = model
         self.adapters = dict(adapters or {})  # served name -> path
@@ -169,7 +169,7 @@ class NativeEngine:
             torch_model, tokenizer = load_native(model, device)
         self.model = torch_model.eval().fuse_for_inference()
         dtype = next(self.model.parameters()).dtype
-        self.lora = {name: load_peft_lora(path, self.model.cfg, dtype, device)
+        self.lora = {name: load_lora(path, self.model.cfg, dtype, device)
                      for name, path in self.adapters.items()}
         self.tokenizer = tokenizer
         self.chat_template = getattr(tokenizer, "chat_template", None)
@@ -321,6 +321,16 @@ class ServingTokenizer:
         from llguidance import LLTokenizer
 
         return LLTokenizer(self.bpe.to_json(), n_vocab=n_vocab, eos_token=self.eos_token_id)
+
+
+def load_lora(path, cfg, dtype, device) -> dict:
+    """A PEFT adapter as the native engine applies it: {weight: (A, B, scale)} as tensors."""
+    import torch
+
+    from ..weights import read_peft_lora
+
+    return {n: (torch.from_numpy(A).to(device, dtype), torch.from_numpy(B).to(device, dtype), s)
+            for n, (A, B, s) in read_peft_lora(path, cfg).items()}
 
 
 def load_native(model: str, device: str = "cpu"):

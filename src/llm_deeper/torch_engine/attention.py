@@ -2,7 +2,8 @@
 
 Two paths compute the same thing (tested equal): `scaled_dot_product_attention` (a fused kernel;
 flash attention on CUDA) and the explicit softmax(QK^T / sqrt(d)) V that the NumPy engine also
-writes out. ALiBi adds its distance bias to the scores in either path.
+writes out. ALiBi adds its distance bias to the scores in either path. Where the keys and values
+go (a KV cache, a paged cache) is the step context's business (context.py, paged.py).
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .ffn import linear
-from .positions import alibi_bias, apply_rope
+from .positions import apply_rope
 
 
 class KVCache:
@@ -28,6 +28,13 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len, self.pos = n, 0
 
+    def store(self, layer: int, pos0: int, k, v):
+        """Write the new keys/values at pos0.. and return all of this layer's so far."""
+        T = k.shape[2]
+        self.k[layer, :, :, pos0:pos0 + T] = k
+        self.v[layer, :, :, pos0:pos0 + T] = v
+        return self.k[layer, :, :, :pos0 + T], self.v[layer, :, :, :pos0 + T]
+
     def nbytes_per_token(self) -> int:
         return 2 * self.k.shape[0] * self.k.shape[2] * self.k.shape[4] * self.k.element_size()
 
@@ -41,6 +48,7 @@ def attend(q, k, v, pos0: int, use_sdpa: bool, p_drop: float, training: bool, bi
            scale: float | None = None):
     """q: (B, H, T, d); k, v: (B, H or KV, S, d). The core shared by every attention kind."""
     T, S, H = q.shape[2], k.shape[2], q.shape[1]
+    p_drop = p_drop if training else 0.0
     if T == 1 and bias is None and p_drop == 0.0:
         # Decoding one token: a (1 x S) row of scores per head. Grouped views instead of a fused
         # kernel: on CPU the kernel's set-up costs more than this whole product.
@@ -72,24 +80,19 @@ def attend(q, k, v, pos0: int, use_sdpa: bool, p_drop: float, training: bool, bi
     return att @ v
 
 
-def attention(cfg, x, p, pre, rope, lora, use_sdpa, dropout, training, cache=None, layer=0,
-              pos0=0):
+def attention(cfg, x, p, prefix: str, layer: int, ctx):
+    """x: (B, T, d_model) -> (B, T, d_model). ctx: the step context (context.py)."""
     B, T, _ = x.shape
     H, KV, hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-    if pre + "wqkv" in p and not lora:  # fused for decoding (TorchGPT.fuse_for_inference)
-        q, k, v = F.linear(x, p[pre + "wqkv"]).split([H * hd, KV * hd, KV * hd], dim=-1)
+    if ctx.fused and prefix + "wqkv" in p:  # one product for q, k, v (fuse_for_inference)
+        q, k, v = F.linear(x, p[prefix + "wqkv"]).split([H * hd, KV * hd, KV * hd], dim=-1)
     else:
-        q, k, v = (linear(x, p, pre + n, lora) for n in ("wq", "wk", "wv"))
+        q, k, v = (ctx.linear(x, p, prefix + n) for n in ("wq", "wk", "wv"))
     q = q.reshape(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
     k = k.reshape(B, T, KV, hd).transpose(1, 2)  # (B, KV, T, hd)
     v = v.reshape(B, T, KV, hd).transpose(1, 2)
-    if rope is not None:
-        q, k = apply_rope(q, *rope, cfg.rope_pairing), apply_rope(k, *rope, cfg.rope_pairing)
-    if cache is not None:  # write this step's keys/values, attend over everything so far
-        cache.k[layer, :, :, pos0:pos0 + T] = k
-        cache.v[layer, :, :, pos0:pos0 + T] = v
-        k, v = cache.k[layer, :, :, :pos0 + T], cache.v[layer, :, :, :pos0 + T]
-    bias = (alibi_bias(H, T, k.shape[2], pos0, q.dtype, q.device)
-            if cfg.position == "alibi" else None)
-    out = attend(q, k, v, pos0, use_sdpa, dropout if training else 0.0, training, bias)
-    return linear(out.transpose(1, 2).reshape(B, T, H * hd), p, pre + "wo", lora)
+    if ctx.rope is not None:
+        q = apply_rope(q, *ctx.rope, cfg.rope_pairing)
+        k = apply_rope(k, *ctx.rope, cfg.rope_pairing)
+    out = ctx.attend(cfg, layer, q, k, v)  # (B, H, T, hd)
+    return ctx.linear(out.transpose(1, 2).reshape(B, T, H * hd), p, prefix + "wo")

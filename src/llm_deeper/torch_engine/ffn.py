@@ -1,4 +1,5 @@
-"""Feed-forward blocks: ReLU, GELU (tanh form) and SwiGLU; `linear` with optional LoRA."""
+"""Feed-forward blocks: ReLU, GELU (tanh form) and SwiGLU; `linear` with optional LoRA
+(numpy_engine/ffn.py and linear.py derive the math and the backward pass)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,23 @@ from ..params import bias_name
 
 
 def linear(x, p, name, lora):
+    """x W^T (+ b), plus scale * (x A^T) B^T when `lora` names this weight (see lora.py)."""
     y = F.linear(x, p[name], p.get(bias_name(name)))
     if name in lora:
         y = y + lora[name] * F.linear(F.linear(x, p[name + ".lora_A"]), p[name + ".lora_B"])
     return y
 
 
-def ffn(cfg, x, p, pre, lora, lin=None):
-    """lin(x, name): the projection to use (default: `linear` with `lora`; the serving engine
-    passes one that adds each request's adapter to its own rows)."""
-    if lin is None:
-        if pre + "w13" in p and not lora:  # fused gate and up projections (fuse_for_inference)
-            g, u = F.linear(x, p[pre + "w13"]).chunk(2, dim=-1)
-            return linear(F.silu(g) * u, p, pre + "w2", lora)
-        lin = lambda h, name: linear(h, p, name, lora)  # noqa: E731
+def ffn(cfg, x, p, prefix: str, ctx):
+    """x: (B, T, d_model) -> (B, T, d_model); projections through the step context."""
     if cfg.activation == "swiglu":
-        h = F.silu(lin(x, pre + "w1")) * lin(x, pre + "w3")
+        if ctx.fused and prefix + "w13" in p:  # gate and up in one product (fuse_for_inference)
+            g, u = F.linear(x, p[prefix + "w13"]).chunk(2, dim=-1)
+        else:
+            g, u = ctx.linear(x, p, prefix + "w1"), ctx.linear(x, p, prefix + "w3")
+        h = F.silu(g) * u
     elif cfg.activation == "gelu":
-        h = F.gelu(lin(x, pre + "w1"), approximate="tanh")
+        h = F.gelu(ctx.linear(x, p, prefix + "w1"), approximate="tanh")
     else:
-        h = F.relu(lin(x, pre + "w1"))
-    return lin(h, pre + "w2")
+        h = F.relu(ctx.linear(x, p, prefix + "w1"))
+    return ctx.linear(h, p, prefix + "w2")

@@ -28,7 +28,6 @@ import math
 import torch
 
 from .attention import attend
-from .ffn import linear
 from .norms import rms_norm
 from .positions import apply_rope
 
@@ -45,44 +44,50 @@ class LatentCache:
                                 device=device)
         self.max_len, self.pos = n, 0
 
+    def store(self, layer: int, pos0: int, c, k_pe):
+        """Write the new latents and RoPE keys at pos0.. and return all of this layer's."""
+        T = c.shape[1]
+        self.c[layer, :, pos0:pos0 + T] = c
+        self.k_pe[layer, :, pos0:pos0 + T] = k_pe
+        return self.c[layer, :, :pos0 + T], self.k_pe[layer, :, :pos0 + T]
+
     def nbytes_per_token(self) -> int:
         return self.c.shape[0] * (self.c.shape[-1] + self.k_pe.shape[-1]) * self.c.element_size()
 
 
-def mla_attention(cfg, x, p, pre, rope, lora, use_sdpa, dropout, training, cache=None, layer=0,
-                  pos0=0, absorb: bool = False):
+def mla_attention(cfg, x, p, prefix: str, layer: int, ctx):
+    """x: (B, T, d_model) -> (B, T, d_model). ctx: the step context (context.py); its cache is a
+    LatentCache, and ctx.mla_absorb picks the absorbed path."""
     B, T, _ = x.shape
     H, dn, dr, dv, dc = (cfg.n_head, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim,
                          cfg.kv_lora_rank)
+    lin = ctx.linear
     if cfg.q_lora_rank:
-        q = linear(rms_norm(linear(x, p, pre + "wq_a", lora), p[pre + "q_norm.weight"],
-                            cfg.norm_eps), p, pre + "wq_b", lora)
+        q = lin(rms_norm(lin(x, p, prefix + "wq_a"), p[prefix + "q_norm.weight"], cfg.norm_eps),
+                p, prefix + "wq_b")
     else:
-        q = linear(x, p, pre + "wq", lora)
+        q = lin(x, p, prefix + "wq")
     q_nope, q_pe = q.view(B, T, H, dn + dr).transpose(1, 2).split([dn, dr], dim=-1)
-    q_pe = apply_rope(q_pe, *rope, cfg.rope_pairing)  # (B, H, T, dr)
-    c, k_pe = linear(x, p, pre + "wkv_a", lora).split([dc, dr], dim=-1)
-    c = rms_norm(c, p[pre + "kv_norm.weight"], cfg.norm_eps)  # (B, T, dc)
-    k_pe = apply_rope(k_pe, *rope, cfg.rope_pairing)  # (B, T, dr): one key for all heads
-    if cache is not None:  # the latent cache: dc + dr numbers per token and layer
-        cache.c[layer, :, pos0:pos0 + T] = c
-        cache.k_pe[layer, :, pos0:pos0 + T] = k_pe
-        c, k_pe = cache.c[layer, :, :pos0 + T], cache.k_pe[layer, :, :pos0 + T]
+    q_pe = apply_rope(q_pe, *ctx.rope, cfg.rope_pairing)  # (B, H, T, dr)
+    c, k_pe = lin(x, p, prefix + "wkv_a").split([dc, dr], dim=-1)
+    c = rms_norm(c, p[prefix + "kv_norm.weight"], cfg.norm_eps)  # (B, T, dc)
+    k_pe = apply_rope(k_pe, *ctx.rope, cfg.rope_pairing)  # (B, T, dr): one key for all heads
+    if ctx.cache is not None:  # the latent cache: dc + dr numbers per token and layer
+        c, k_pe = ctx.cache.store(layer, ctx.pos0, c, k_pe)
     S = c.shape[1]
     scale = 1.0 / math.sqrt(dn + dr)
-    W = p[pre + "wkv_b"].view(H, dn + dv, dc)
+    W = p[prefix + "wkv_b"].view(H, dn + dv, dc)
     W_uk, W_uv = W[:, :dn], W[:, dn:]  # (H, dn, dc), (H, dv, dc)
-    p_drop = dropout if training else 0.0
-    if absorb:
+    args = (ctx.pos0, ctx.use_sdpa, ctx.dropout, ctx.training)
+    if ctx.mla_absorb:
         q_lat = torch.einsum("bhtd,hdc->bhtc", q_nope, W_uk)  # keys' up-projection, absorbed
         qq = torch.cat([q_lat, q_pe], dim=-1)  # (B, H, T, dc + dr)
         kk = torch.cat([c, k_pe], dim=-1)[:, None]  # (B, 1, S, dc + dr): one shared head
-        o_lat = attend(qq, kk, c[:, None], pos0, use_sdpa, p_drop, training, scale=scale)
+        o_lat = attend(qq, kk, c[:, None], *args, scale=scale)
         out = torch.einsum("bhtc,hvc->bhtv", o_lat, W_uv)  # values' up-projection, after
     else:
         kv = torch.einsum("bsc,hec->bhse", c, W)  # (B, H, S, dn + dv): every head, every token
         k_nope, v = kv.split([dn, dv], dim=-1)
         k = torch.cat([k_nope, k_pe[:, None].expand(B, H, S, dr)], dim=-1)
-        out = attend(torch.cat([q_nope, q_pe], dim=-1), k, v, pos0, use_sdpa, p_drop, training,
-                     scale=scale)
-    return linear(out.transpose(1, 2).reshape(B, T, H * dv), p, pre + "wo", lora)
+        out = attend(torch.cat([q_nope, q_pe], dim=-1), k, v, *args, scale=scale)
+    return lin(out.transpose(1, 2).reshape(B, T, H * dv), p, prefix + "wo")

@@ -1,9 +1,15 @@
 """A decoder in PyTorch built from `ModelConfig`, parameter for parameter the NumPy engine's.
 
-`forward(params, cfg, ids)` is the whole model as one function of a name -> tensor mapping
-(the same names as `model.safetensors`), so tests can hand it leaf tensors and compare autograd's
-gradients with the NumPy engine's. `TorchGPT` wraps it as an `nn.Module` whose `state_dict()`
-keys are exactly those names.
+    x = wte[ids] (+ wpe[pos] | + sinusoidal[pos])          (B, T, d_model)
+    for each block:  x = x + Attention(Norm1(x));  x = x + FFN(Norm2(x))
+    logits = NormF(x) @ W_head^T                            (B, T, vocab_size)
+
+`forward(params, cfg, ids, targets, ctx)` is the whole model as one function of a name -> tensor
+mapping (the names of params.py and `model.safetensors`), so tests can hand it leaf tensors and
+compare autograd's gradients with the NumPy engine's. The layer loop exists once: training,
+cached generation and the serving engine's packed, paged batches differ only in the step context
+`ctx` (context.py, paged.py). `TorchGPT` wraps it as an `nn.Module` whose `state_dict()` keys are
+exactly those names.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..params import init_params
 from .attention import KVCache, attention
+from .context import StepContext
 from .ffn import ffn
 from .mla import LatentCache, mla_attention
 from .norms import norm
-from .positions import apply_rope, rope_cos_sin, rope_table, sinusoidal_table  # noqa: F401
+from .positions import rope_table, sinusoidal_positions
 
 
 def make_cache(cfg: ModelConfig, batch_size: int, max_len: int | None = None,
@@ -29,53 +37,42 @@ def make_cache(cfg: ModelConfig, batch_size: int, max_len: int | None = None,
     return KVCache(cfg, batch_size, max_len, dtype, device)
 
 
-def forward(params, cfg: ModelConfig, ids, targets=None, *, lora: dict | None = None,
-            use_sdpa: bool = False, training: bool = False, cache=None, mla_absorb: bool = False):
-    """Returns (logits, loss or None). `lora` maps weight names to their scale alpha/r.
+def block(cfg: ModelConfig, x, p, layer: int, ctx: StepContext):
+    """One pre-norm transformer block, dropout on each branch when training."""
+    pre = f"h.{layer}."
+    attend = mla_attention if cfg.attention == "mla" else attention
+    a = attend(cfg, norm(cfg, x, p, pre + "norm1"), p, pre + "attn.", layer, ctx)
+    x = x + F.dropout(a, ctx.dropout, ctx.training)
+    f = ffn(cfg, norm(cfg, x, p, pre + "norm2"), p, pre + "ffn.", ctx)
+    return x + F.dropout(f, ctx.dropout, ctx.training)
 
-    With a cache, `ids` continue the sequence at position cache.pos (and advance it)."""
-    lora = lora or {}
+
+def forward(params, cfg: ModelConfig, ids, targets=None, ctx: StepContext | None = None):
+    """ids: (B, T) -> (logits (B, T, vocab), loss or None). ctx: the step context (positions,
+    cache, LoRA, training); the default is a plain uncached pass from position 0."""
+    ctx = ctx if ctx is not None else StepContext()
     p = params
-    B, T = ids.shape
-    pos0 = cache.pos if cache is not None else 0
-    if pos0 + T > cfg.context_length:
-        from ..errors import UserError
-
-        raise UserError(f"the sequence ({pos0 + T} tokens) is longer than the model's "
-                        f"context_length ({cfg.context_length}).")
-    x = p["wte"][ids]
-    dt, dev = x.dtype, x.device
+    T = ids.shape[1]
+    ctx.begin(cfg, ids)
+    x = p["wte"][ids]  # (B, T, d_model)
+    at = ctx.positions(T)
     if cfg.position == "learned":
-        x = x + p["wpe"][pos0:pos0 + T]
+        x = x + p["wpe"][at]
     elif cfg.position == "sinusoidal":
-        x = x + sinusoidal_table(pos0 + T, cfg.d_model, dt, dev)[pos0:]
-    drop = cfg.dropout
-    x = F.dropout(x, drop, training)
-    rope = None
+        x = x + sinusoidal_positions(cfg, x.device, x.dtype)[at]
+    x = F.dropout(x, ctx.dropout, ctx.training)
     if cfg.position == "rope":
-        cos, sin = rope_table(cfg, dev, dt)
-        rope = (cos[pos0:pos0 + T], sin[pos0:pos0 + T])
+        cos, sin = rope_table(cfg, x.device, x.dtype)
+        ctx.rope = (cos[at], sin[at])  # (T, rope_dim / 2)
     for i in range(cfg.n_layer):
-        pre = f"h.{i}."
-        h = norm(cfg, x, p, pre + "norm1")
-        if cfg.attention == "mla":
-            a = mla_attention(cfg, h, p, pre + "attn.", rope, lora, use_sdpa, drop, training,
-                              cache, i, pos0, absorb=mla_absorb)
-        else:
-            a = attention(cfg, h, p, pre + "attn.", rope, lora, use_sdpa, drop, training, cache,
-                          i, pos0)
-        x = x + F.dropout(a, drop, training)
-        f = ffn(cfg, norm(cfg, x, p, pre + "norm2"), p, pre + "ffn.", lora)
-        x = x + F.dropout(f, drop, training)
-    if cache is not None:
-        cache.pos += T
-    h = norm(cfg, x, p, "norm_f")
+        x = block(cfg, x, p, i, ctx)
+    ctx.end(T)
+    h = norm(cfg, ctx.select(x), p, "norm_f")
     logits = F.linear(h, output_head(p, cfg, h.shape[0] * h.shape[1]))
     loss = None
     if targets is not None:
         z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
-        loss = F.cross_entropy(z.reshape(-1, z.shape[-1]),
-                               targets.reshape(-1), ignore_index=-100)
+        loss = F.cross_entropy(z.reshape(-1, z.shape[-1]), targets.reshape(-1), ignore_index=-100)
     return logits, loss
 
 
@@ -98,8 +95,6 @@ class TorchGPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         if params is None:
-            from ..params import init_params
-
             params = init_params(cfg, seed)
         for name, value in params.items():
             *path, last = name.split(".")
@@ -159,5 +154,8 @@ class TorchGPT(nn.Module):
     mla_absorb = False  # MLA only: decode with the absorbed (latent) path
 
     def forward(self, ids, targets=None, cache=None):
-        return forward(self.param_dict(), self.cfg, ids, targets, use_sdpa=self.use_sdpa,
-                       training=self.training, cache=cache, mla_absorb=self.mla_absorb)
+        """With a cache, `ids` continue the sequence at position cache.pos (and advance it)."""
+        ctx = StepContext(pos0=cache.pos if cache is not None else 0, cache=cache,
+                          training=self.training, dropout=self.cfg.dropout,
+                          use_sdpa=self.use_sdpa, mla_absorb=self.mla_absorb)
+        return forward(self.param_dict(), self.cfg, ids, targets, ctx)

@@ -16,7 +16,9 @@ rows: the weights are read from memory once per step instead of once per request
 batching multiplies decode throughput while a single decode is bound by memory bandwidth. Only
 attention is per request: each token sees the keys of its own request, found through its block
 table; decoding requests are done together (their keys gathered into one padded batch, padding
-masked out), prefilling ones one at a time with the fused causal kernel.
+masked out), prefilling ones one at a time with the fused causal kernel. The model's own forward
+pass (model.py) runs the step: `PagedContext` is the step context that says where each row sits,
+where its keys go and which keys it sees, so the layer loop is the same as for training.
 
 Adapters. Requests for different LoRA adapters share a step: every projection first runs the
 base weight over all rows, then each adapter adds scale * B (A x) to the rows of its own
@@ -34,10 +36,9 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from .attention import causal_mask
-from .ffn import ffn, linear
-from .model import output_head
-from .norms import norm
-from .positions import apply_rope, rope_table
+from .context import StepContext
+from .ffn import linear
+from .model import forward
 
 
 class PagedKVCache:
@@ -78,54 +79,21 @@ class SeqSlice:
     adapter: str | None = None
 
 
-def load_peft_lora(path, cfg, dtype=torch.float32, device="cpu") -> dict:
-    """A PEFT LoRA adapter directory -> {our weight name: (A, B, alpha / r)}."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    from ..weights import hf_name
-
-    path = Path(path)
-    try:
-        conf = json.loads((path / "adapter_config.json").read_text())
-    except (OSError, ValueError):
-        raise UserError(f"{path} is not a PEFT adapter directory (no adapter_config.json).") \
-            from None
-    for key, ok in (("use_dora", False), ("fan_in_fan_out", False), ("modules_to_save", None)):
-        if conf.get(key) not in (ok, None, [] if ok is None else ok):
-            raise UserError(f"{path}: adapters with {key}={conf[key]} are not served by the "
-                            "native engine (--engine hf serves them).")
-    if conf.get("bias", "none") != "none":
-        raise UserError(f"{path}: LoRA biases are not served by the native engine.")
-    r, alpha = conf["r"], conf["lora_alpha"]
-    scale = alpha / math.sqrt(r) if conf.get("use_rslora") else alpha / r
-    ours = {}
-    for i in range(cfg.n_layer):
-        for n in ("attn.wq", "attn.wk", "attn.wv", "attn.wo", "ffn.w1", "ffn.w2", "ffn.w3"):
-            ours[hf_name(f"h.{i}.{n}").removesuffix(".weight")] = f"h.{i}.{n}"
-    tensors = load_file(str(path / "adapter_model.safetensors"))
-    out: dict = {}
-    for key, t in tensors.items():
-        module, _, kind = key.removeprefix("base_model.model.").rpartition(".lora_")
-        name = ours.get(module)
-        if name is None or kind not in ("A.weight", "B.weight"):
-            raise UserError(f"{path}: the native engine cannot place '{key}'.")
-        out.setdefault(name, {})[kind[0]] = t.to(device=device, dtype=dtype)
-    return {n: (w["A"], w["B"], scale) for n, w in out.items()}
-
-
 def slots_of(block_table: list[int], positions: torch.Tensor, block_size: int) -> torch.Tensor:
     """Flat slot index (block * block_size + offset) of each position."""
     table = torch.tensor(block_table, dtype=torch.long)
     return table[positions // block_size] * block_size + positions % block_size
 
 
-class StepInputs:
-    """Index tensors for one packed step, built once and used by every layer."""
+class PagedContext(StepContext):
+    """The step context of one packed step: the new tokens of every request laid end to end as
+    one sequence of N rows, (1, N, d_model). Index tensors are built once here and read by
+    every layer."""
 
-    def __init__(self, seqs: list[SeqSlice], block_size: int, device):
+    def __init__(self, seqs: list[SeqSlice], cache: PagedKVCache, device,
+                 adapters: dict[str, dict] | None = None):
+        super().__init__()
+        self.cache, bs = cache, cache.block_size
         ids, pos, slots, last = [], [], [], []
         rows_of: dict[str, list[int]] = {}  # adapter -> its rows
         self.prefill: list[tuple[int, int, int]] = []  # (row_from, row_to, start)
@@ -141,20 +109,21 @@ class StepInputs:
             if s.adapter is not None:
                 rows_of.setdefault(s.adapter, []).extend(range(row, row + T))
             pos.append(p)
-            slots.append(slots_of(s.block_table, p, block_size))
+            slots.append(slots_of(s.block_table, p, bs))
             if T == 1:
                 decode_rows.append(row)
-                decode_tables.append(s.block_table[:(s.start // block_size) + 1])
+                decode_tables.append(s.block_table[:(s.start // bs) + 1])
                 decode_lens.append(s.start + 1)
             else:
-                n_blocks = math.ceil((s.start + T) / block_size)
+                n_blocks = math.ceil((s.start + T) / bs)
                 self.prefill.append((row, row + T, s.start))
                 self.prefill_blocks.append(torch.tensor(s.block_table[:n_blocks], device=device))
             row += T
             last.append(row - 1)
-        self.adapter_rows = {a: torch.tensor(r, device=device) for a, r in rows_of.items()}
-        self.ids = torch.tensor(ids, device=device)
-        self.positions = torch.cat(pos).to(device)
+        # each adapter's rows: every projection adds scale * B (A x) to them (S-LoRA's gather-add)
+        self.groups = [(torch.tensor(r, device=device), adapters[a]) for a, r in rows_of.items()]
+        self.ids = torch.tensor(ids, device=device)[None]  # (1, N)
+        self.pos = torch.cat(pos).to(device)
         self.slots = torch.cat(slots).to(device)
         self.last = torch.tensor(last, device=device)  # rows whose logits are wanted
         self.decode_rows = torch.tensor(decode_rows, dtype=torch.long, device=device)
@@ -164,23 +133,61 @@ class StepInputs:
             for i, t in enumerate(decode_tables):
                 tables[i, :len(t)] = torch.tensor(t)
             self.decode_tables = tables.to(device)
-            key_pos = torch.arange(width * block_size)
+            key_pos = torch.arange(width * bs)
             lens = torch.tensor(decode_lens)
             self.decode_mask = torch.where(key_pos[None, :] < lens[:, None], 0.0,
                                            float("-inf")).to(device)[:, None, None, :]
 
+    @property
+    def fused(self) -> bool:
+        return not self.groups
 
-def _decode_attention(q, kc, vc, inp: StepInputs, G: int):
-    """q: (Bd, H, hd) one query per request; kc, vc: this layer's blocks. Returns (Bd, H, hd)."""
-    Bd, H, hd = q.shape
-    tables = inp.decode_tables
-    k = kc[tables].flatten(1, 2)  # (Bd, S, KV, hd): the request's blocks, end to end
-    v = vc[tables].flatten(1, 2)
-    KV = k.shape[2]
-    qg = q.view(Bd, KV, G, hd)
-    att = qg @ k.permute(0, 2, 3, 1) / math.sqrt(hd)  # (Bd, KV, G, S)
-    att = (att + inp.decode_mask.to(att.dtype)).softmax(-1)
-    return (att @ v.transpose(1, 2)).view(Bd, H, hd)
+    def positions(self, T: int):
+        return self.pos  # each row's own position
+
+    def begin(self, cfg, ids) -> None:
+        pass  # the engine admitted every request within its context
+
+    def end(self, T: int) -> None:
+        pass  # the engine counts what each request has cached
+
+    def linear(self, x, p, name):
+        """x W^T (+ bias) for every row, then each adapter's scale * B A x on its own rows."""
+        y = linear(x, p, name, {})
+        for rows, lora in self.groups:
+            if name in lora:
+                A, B, s = lora[name]
+                y[0].index_add_(0, rows, F.linear(F.linear(x[0, rows], A), B), alpha=s)
+        return y
+
+    def attend(self, cfg, layer: int, q, k, v):
+        """q: (1, H, N, hd), k, v: (1, KV, N, hd): written to their slots, then each request's
+        queries attend to its own keys through its block table."""
+        q, k, v = (t[0].transpose(0, 1) for t in (q, k, v))  # (N, heads, hd)
+        KV, hd = k.shape[1], k.shape[2]
+        kc, vc = self.cache.k[layer], self.cache.v[layer]
+        kc.view(-1, KV, hd).index_copy_(0, self.slots, k.to(kc.dtype))
+        vc.view(-1, KV, hd).index_copy_(0, self.slots, v.to(vc.dtype))
+        out = torch.empty_like(q)
+        if self.decode_rows.numel():
+            out[self.decode_rows] = self._decode(q[self.decode_rows], kc, vc)
+        for (a, b, start), blocks in zip(self.prefill, self.prefill_blocks):
+            out[a:b] = _prefill_attention(q[a:b], kc, vc, blocks, start)
+        return out.transpose(0, 1)[None]  # (1, H, N, hd)
+
+    def _decode(self, q, kc, vc):
+        """q: (Bd, H, hd) one query per decoding request. Returns (Bd, H, hd)."""
+        Bd, H, hd = q.shape
+        k = kc[self.decode_tables].flatten(1, 2)  # (Bd, S, KV, hd): its blocks, end to end
+        v = vc[self.decode_tables].flatten(1, 2)
+        KV = k.shape[2]
+        qg = q.view(Bd, KV, H // KV, hd)
+        att = qg @ k.permute(0, 2, 3, 1) / math.sqrt(hd)  # (Bd, KV, G, S)
+        att = (att + self.decode_mask.to(att.dtype)).softmax(-1)
+        return (att @ v.transpose(1, 2)).view(Bd, H, hd)
+
+    def select(self, x):
+        return x[:, self.last]  # only the rows whose next token is wanted
 
 
 def _prefill_attention(q, kc, vc, blocks, start: int):
@@ -199,54 +206,11 @@ def _prefill_attention(q, kc, vc, blocks, start: int):
     return out[0].transpose(0, 1)  # (T, H, hd)
 
 
-def _lin(x, p, name, groups):
-    """x W^T (+ bias), then each adapter's scale * B A x added to its own rows."""
-    y = linear(x, p, name, {})
-    for rows, lora in groups:
-        if name in lora:
-            A, B, s = lora[name]
-            y.index_add_(0, rows, F.linear(F.linear(x[rows], A), B), alpha=s)
-    return y
-
-
 @torch.inference_mode()
 def packed_forward(model, seqs: list[SeqSlice], cache: PagedKVCache,
                    adapters: dict[str, dict] | None = None) -> torch.Tensor:
     """Write the new tokens' keys and values into the cache and return the next-token logits of
-    every sequence: (len(seqs), vocab). `adapters`: name -> load_peft_lora(...)."""
-    cfg, p = model.cfg, model.param_dict()
-    H, KV, hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-    dev = p["wte"].device
-    inp = StepInputs(seqs, cache.block_size, dev)
-    groups = [(rows, adapters[a]) for a, rows in inp.adapter_rows.items()]
-    x = p["wte"][inp.ids]  # (N, d)
-    N = x.shape[0]
-    if cfg.position == "learned":
-        x = x + p["wpe"][inp.positions]
-    rope = None
-    if cfg.position == "rope":
-        cos, sin = rope_table(cfg, dev, x.dtype)
-        rope = cos[inp.positions][:, None], sin[inp.positions][:, None]  # (N, 1, hd/2)
-    for i in range(cfg.n_layer):
-        pre = f"h.{i}.attn."
-        h = norm(cfg, x, p, f"h.{i}.norm1")
-        if pre + "wqkv" in p and not groups:
-            q, k, v = F.linear(h, p[pre + "wqkv"]).split([H * hd, KV * hd, KV * hd], dim=-1)
-        else:
-            q, k, v = (_lin(h, p, pre + n, groups) for n in ("wq", "wk", "wv"))
-        q, k, v = q.view(N, H, hd), k.view(N, KV, hd), v.view(N, KV, hd)
-        if rope is not None:
-            q, k = apply_rope(q, *rope, cfg.rope_pairing), apply_rope(k, *rope, cfg.rope_pairing)
-        kc, vc = cache.k[i], cache.v[i]
-        kc.view(-1, KV, hd).index_copy_(0, inp.slots, k.to(kc.dtype))
-        vc.view(-1, KV, hd).index_copy_(0, inp.slots, v.to(vc.dtype))
-        out = torch.empty_like(q)
-        if inp.decode_rows.numel():
-            out[inp.decode_rows] = _decode_attention(q[inp.decode_rows], kc, vc, inp, H // KV)
-        for (a, b, start), blocks in zip(inp.prefill, inp.prefill_blocks):
-            out[a:b] = _prefill_attention(q[a:b], kc, vc, blocks, start)
-        x = x + _lin(out.reshape(N, H * hd), p, pre + "wo", groups)
-        lin = (lambda h, name: _lin(h, p, name, groups)) if groups else None  # else fused
-        x = x + ffn(cfg, norm(cfg, x, p, f"h.{i}.norm2"), p, f"h.{i}.ffn.", {}, lin)
-    h = norm(cfg, x[inp.last], p, "norm_f")  # only the rows whose next token is wanted
-    return F.linear(h, output_head(p, cfg, h.shape[0]))
+    every sequence: (len(seqs), vocab). `adapters`: name -> {weight name: (A, B, scale)}."""
+    p = model.param_dict()
+    ctx = PagedContext(seqs, cache, p["wte"].device, adapters)
+    return forward(p, model.cfg, ctx.ids, ctx=ctx)[0][0]

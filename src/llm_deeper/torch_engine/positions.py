@@ -27,20 +27,33 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype):
     return ang.cos().to(dtype), ang.sin().to(dtype)
 
 
-_ROPE: dict = {}
+_TABLES: dict = {}
+
+
+def _cached(key, make):
+    if key not in _TABLES:
+        # normal tensors even when first asked for under inference_mode (the serving engine),
+        # so that training in the same process can still use them
+        with torch.inference_mode(False):
+            _TABLES[key] = make()
+    return _TABLES[key]
 
 
 def rope_table(cfg: ModelConfig, device, dtype):
     """cos, sin for every position of the context: (context_length, rope_dim // 2), cached."""
-    key = (cfg.rope_dim, cfg.rope_theta, cfg.context_length, str(device), dtype)
-    if key not in _ROPE:
-        # normal tensors even when first asked for under inference_mode (the serving engine),
-        # so that training in the same process can still use them
-        with torch.inference_mode(False):
-            cos, sin = rope_cos_sin(torch.arange(cfg.context_length), cfg.rope_dim,
-                                    cfg.rope_theta, dtype)
-            _ROPE[key] = (cos.to(device), sin.to(device))
-    return _ROPE[key]
+    def make():
+        cos, sin = rope_cos_sin(torch.arange(cfg.context_length), cfg.rope_dim, cfg.rope_theta,
+                                dtype)
+        return cos.to(device), sin.to(device)
+
+    return _cached(("rope", cfg.rope_dim, cfg.rope_theta, cfg.context_length, str(device), dtype),
+                   make)
+
+
+def sinusoidal_positions(cfg: ModelConfig, device, dtype):
+    """The sinusoidal table for every position of the context: (context_length, d_model)."""
+    return _cached(("sin", cfg.d_model, cfg.context_length, str(device), dtype),
+                   lambda: sinusoidal_table(cfg.context_length, cfg.d_model, dtype, device))
 
 
 def apply_rope(x, cos, sin, pairing: str = "half"):
