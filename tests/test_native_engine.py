@@ -12,7 +12,9 @@ import torch
 from llm_deeper.config import preset
 from llm_deeper.sampling import SamplingParams
 from llm_deeper.serve.engine import GenRequest
-from llm_deeper.serve.native import BlockManager, NativeEngine, Scheduler, Sequence
+from llm_deeper.serve.block_manager import BlockManager
+from llm_deeper.serve.native import NativeEngine
+from llm_deeper.serve.scheduler import Scheduler, Sequence
 from llm_deeper.torch_engine.model import TorchGPT
 from llm_deeper.serve.native import load_lora
 from llm_deeper.torch_engine.paged import PagedKVCache, SeqSlice, packed_forward

@@ -50,7 +50,7 @@ def adapter(tmp_path_factory):
 
 def _serve(tmp_path_factory, *args):
     """`llm-deeper serve ARGS` on a free loopback port, its output in a log file."""
-    from llm_deeper.serve import ServerProcess
+    from llm_deeper.serve.process import ServerProcess
 
     with ServerProcess(*args, log=tmp_path_factory.mktemp("server") / "log.txt") as base:
         yield base

@@ -18,8 +18,8 @@ def base_url():
     pytest.importorskip("schemathesis")
     from llm_deeper import models
     from llm_deeper.config import preset
-    from llm_deeper.serve import start_in_thread
     from llm_deeper.serve.app import create_app
+    from llm_deeper.serve.launch import ServerThread
     from llm_deeper.serve.native import NativeEngine, ServingTokenizer
     from llm_deeper.tokenizers import from_gguf
     from llm_deeper.tokenizers.pretrained import gguf_metadata
@@ -30,10 +30,9 @@ def base_url():
                            meta["tokenizer.ggml.eos_token_id"])
     cfg = preset("small", vocab_size=len(tok), context_length=96, d_model=32, d_ff=64,
                  n_layer=1)  # a short context keeps every answer short
-    engine = NativeEngine("tiny", torch_model=TorchGPT(cfg, seed=0), tokenizer=tok)
-    server, _, port = start_in_thread(create_app(engine, "tiny"))
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
+    with NativeEngine("tiny", torch_model=TorchGPT(cfg, seed=0), tokenizer=tok) as engine, \
+            ServerThread(create_app(engine, "tiny")) as server:
+        yield server.url
 
 
 def test_no_request_gets_a_5xx(base_url):

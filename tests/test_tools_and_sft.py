@@ -1,4 +1,4 @@
-"""The tools are real, calls parse, the tool-calling dataset holds out phrasings and values,
+"""The tools are real, the tool-calling dataset holds out phrasings and values,
 and SFT files in both shapes load (or say clearly what is wrong)."""
 
 import json
@@ -9,8 +9,8 @@ from conftest import shakespeare_or_skip
 from llm_deeper.data.sft import load_sft, save_jsonl
 from llm_deeper.data.toolcalls import PHRASES, tool_calling_dataset
 from llm_deeper.errors import UserError
-from llm_deeper.tools import (calculator, convert_units, days_between, add_days, format_call,
-                              parse_tool_calls, run_call)
+from llm_deeper.reply import parse_tool_calls
+from llm_deeper.tools import add_days, calculator, convert_units, days_between, run_call
 
 
 def test_tools_compute_real_answers():
@@ -20,15 +20,6 @@ def test_tools_compute_real_answers():
     assert convert_units(100, "C", "F") == "212 F" and convert_units(1, "mile", "km") == "1.6093 km"
     assert convert_units(1, "kg", "m").startswith("error")
     assert add_days("2024-02-28", 2) == "2024-03-01" and days_between("2024-01-01", "2025-01-01") == "366"
-
-
-def test_calls_round_trip_through_the_format():
-    text = "Let me check. " + format_call("calculator", {"expression": "2+2"}) + \
-        format_call("add_days", {"date": "2020-01-01", "days": 1}) + "<tool_call>{bad</tool_call>"
-    calls, rest = parse_tool_calls(text)
-    assert [c["name"] for c in calls] == ["calculator", "add_days"] and rest == "Let me check."
-    assert [run_call(c) for c in calls] == ["4", "2020-01-02"]
-    assert run_call({"name": "nope", "arguments": {}}).startswith("error: unknown tool")
 
 
 def test_dataset_holds_out_phrasings_and_values():

@@ -28,7 +28,7 @@ if not models.is_cached("smollm2-135m"):
     raise SystemExit("run 'llm-deeper models pull smollm2-135m' first")
 
 from llm_deeper.hf.models import hf_dir  # noqa: E402
-from llm_deeper.serve import vllm_argv  # noqa: E402
+from llm_deeper.serve.launch import vllm_argv  # noqa: E402
 
 adapter = Path("runs/tools-lora/adapter")
 lora = {"tools": str(adapter)} if (adapter / "adapter_config.json").is_file() else {}

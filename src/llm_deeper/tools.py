@@ -1,4 +1,4 @@
-"""Tools a model can call, the format calls are written in, and the parser that reads them.
+"""Tools a model can call, and the format calls are written in (reply.py reads them back).
 
 The format (used by the built-in fine-tuning task and, later, by the server for models whose
 chat template has no tools section): the system message lists the tools as JSON schemas inside
@@ -172,23 +172,6 @@ def tools_system_prompt(tools=None) -> str:
 
 def format_call(name: str, arguments: dict) -> str:
     return "<tool_call>" + json.dumps({"name": name, "arguments": arguments}) + "</tool_call>"
-
-
-_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
-
-
-def parse_tool_calls(text: str) -> tuple[list[dict], str]:
-    """(calls, the text outside them). A call that is not valid JSON with a name is skipped."""
-    calls = []
-    for m in _CALL.finditer(text):
-        try:
-            obj = json.loads(m.group(1))
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict) and isinstance(obj.get("name"), str):
-            args = obj.get("arguments", {})
-            calls.append({"name": obj["name"], "arguments": args if isinstance(args, dict) else {}})
-    return calls, _CALL.sub("", text).strip()
 
 
 def run_call(call: dict) -> str:

@@ -48,7 +48,7 @@ def run(model: str = "smollm2-135m", batch_sizes=(1, 8), new_tokens: int = 64, r
         from transformers import AutoModelForCausalLM
     except ImportError:
         raise UserError("bench decode compares with transformers: 'uv sync --extra hf'.") from None
-    path = models.require(model)
+    path = models.gguf_file(model, "bench decode reads GGUF files")
     pre = load_gguf(path)
     ours = TorchGPT(pre.config, pre.params).eval().to(device).fuse_for_inference()
     hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,

@@ -59,7 +59,7 @@ def run(lengths=(128, 256, 512, 1024, 2048), tokens: int = 4, out: str = "runs/b
                 f"(computed {computed / 1024:.1f})")
             assert measured == computed
 
-    pre = load_gguf(models.require("smollm2-135m"))
+    pre = load_gguf(models.gguf_file("smollm2-135m"))
     model = TorchGPT(pre.config, pre.params).eval()
     rows = []
     log(f"time per new token, SmolLM2-135M fp32, {tokens} tokens after a prompt of each length:")

@@ -123,13 +123,14 @@ def run(model: str = "smollm2-135m", concurrency=(1, 4, 16, 64), max_tokens: int
         from ..serve.app import create_app
     except ImportError:
         raise UserError("bench serve needs the 'serve' extra: uv sync --extra serve.") from None
-    from ..serve import start_in_thread
+    from ..serve.launch import ServerThread
     from ..serve.native import NativeEngine
 
     own = engine is None
     if own:  # the model runs on this thread (see serve/native.py), the load on another
         engine = NativeEngine(model, device, max_num_seqs=max(concurrency), start=False)
-    server, _, port = start_in_thread(create_app(engine, model))
+    http = ServerThread(create_app(engine, model))
+    port = http.port
     log(f"bench serve: {model}, native engine on {device}, {max_tokens} tokens per request "
         f"(ignore_eos), streaming chat on 127.0.0.1:{port}")
     log(f"{'batching':>8} {'conc':>4} {'req':>4} {'req/s':>7} {'out tok/s':>9} "
@@ -154,7 +155,7 @@ def run(model: str = "smollm2-135m", concurrency=(1, 4, 16, 64), max_tokens: int
         except BaseException as exc:  # re-raised on the calling thread
             failure.append(exc)
         finally:
-            server.should_exit = True
+            http.close()
             if own:
                 engine.stop()
 

@@ -1,8 +1,9 @@
 """Resolve a model name to an HF directory that transformers can load offline.
 
-Registry names (smollm2-135m) are exported once from their GGUF into the cache
-(`<cache>/models/<name>/hf`) with weights.export_hf; a local directory is used as is; anything
-else is taken for a hub id, which needs the network (and says so when it is not there).
+Names are read by models.resolve. Registry names (smollm2-135m) are exported once from their
+GGUF into the cache (`<cache>/models/<name>/hf`) with weights.export_hf; a local directory is
+used as is; anything else is taken for a hub id, which needs the network (and says so when it
+is not there).
 """
 
 from __future__ import annotations
@@ -14,21 +15,24 @@ from ..errors import UserError
 
 
 def hf_dir(model: str) -> str:
-    if model in models.REGISTRY:
-        out = models.model_path(model).parent / "hf"
-        if not (out / "config.json").is_file():
-            from ..weights import export_hf, load_gguf
+    """A directory (or hub id) transformers can load: a registry model is exported once from
+    its GGUF into the cache; an HF directory is used as is; a hub id is passed on."""
+    src = models.resolve(model)
+    if src.kind == "hf":
+        return str(src.path)
+    if src.kind == "hub":
+        return model  # transformers fetches it when online
+    if model not in models.REGISTRY:
+        raise UserError(f"{model} is a GGUF file; transformers runs it with --engine hf in "
+                        "chat, or export it first: llm-deeper models export-hf FILE --out DIR.")
+    out = src.path.parent / "hf"
+    if not (out / "config.json").is_file():
+        from ..weights import export_hf, load_gguf
 
-            pre = load_gguf(models.require(model))
-            export_hf(out, pre.config, pre.params, pre.tokenizer, chat_template=pre.chat_template,
-                      bos_id=pre.bos_id, eos_id=pre.eos_id)
-        return str(out)
-    p = Path(model)
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise UserError(f"{p} has no config.json; it is not an HF model directory.")
-        return str(p)
-    return model  # a hub id: transformers fetches it when online
+        pre = load_gguf(src.path)
+        export_hf(out, pre.config, pre.params, pre.tokenizer, chat_template=pre.chat_template,
+                  bos_id=pre.bos_id, eos_id=pre.eos_id)
+    return str(out)
 
 
 def load(model: str, adapter: str | None = None, dtype=None):
@@ -104,19 +108,21 @@ class TextTokenizer:
 
 
 def next_logits_fn(model, device="cpu"):
-    """next_logits(ids, state) for generation.stream and the server: the KV cache lives in
-    state["past"] (past_key_values); only the tokens not yet fed are run."""
+    """next_logits(ids, state) for generation.stream and the server, through transformers: the
+    KV cache is its past_key_values, kept as generation.cached_next_logits keeps every cache."""
     import torch
 
-    @torch.inference_mode()
-    def fn(ids, state):
-        past, fed = state.get("past"), state.get("fed", 0)
-        x = torch.tensor([ids[fed:] if past is not None else ids], device=device)
-        out = model(input_ids=x, past_key_values=past, use_cache=True)
-        state.update(past=out.past_key_values, fed=len(ids))
-        return out.logits[0, -1].float().cpu().numpy()
+    from ..generation import cached_next_logits
 
-    return fn
+    @torch.inference_mode()
+    def step(new_ids, past):
+        out = model(input_ids=torch.tensor([new_ids], device=device), past_key_values=past,
+                    use_cache=True)
+        return out.logits[0, -1].float().cpu().numpy(), out.past_key_values
+
+    config = getattr(model, "config", None)
+    context = int(getattr(config, "max_position_embeddings", None) or 1 << 30)
+    return cached_next_logits(step, context)
 
 
 def engine(model: str, adapter: str | None = None):

@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import re
 
-from ..tools import parse_tool_calls, run_call
+from ..reply import parse_tool_calls
+from ..tools import run_call
 
 
 def first_turn(example: dict) -> list[dict]:

@@ -6,7 +6,8 @@ step costs O(length) instead of O(length^2) for recomputing everything. The logi
 either way (tests/test_generate.py), which is the point: the cache is only a speed-up.
 
 When the context is full, the oldest tokens are dropped and the cache is rebuilt from the last
-context_length - 1 tokens (what an uncached model does by cropping its input).
+context_length - 1 tokens (what an uncached model does by cropping its input): the policy every
+engine shares, generation.cached_next_logits.
 """
 
 from __future__ import annotations
@@ -15,38 +16,28 @@ from typing import Iterator
 
 import numpy as np
 
-from ..generation import Generation, run
+from ..generation import Generation, cached_next_logits, run
 from ..generation import stream as _stream
 from ..sampling import SamplingParams
 from .model import GPT, KVCache
 
-__all__ = ["Generation", "generate", "stream", "next_token_logits", "greedy_batch"]
+__all__ = ["Generation", "generate", "stream", "next_logits_fn", "greedy_batch"]
 
 
-def next_token_logits(model: GPT, ids: list[int], use_cache: bool, state: dict) -> np.ndarray:
-    """Logits for the token after `ids`. state keeps the cache between calls."""
-    T = model.cfg.context_length
-    if not use_cache:
-        window = np.asarray(ids[-T:])[None]
-        return model.forward(window)[0][0, -1]
-    cache: KVCache | None = state.get("cache")
-    fed = state.get("fed", 0)
-    if cache is None or cache.pos >= T or fed > len(ids):
-        cache = KVCache(model.cfg, 1, dtype=model.dtype)
-        start = max(0, len(ids) - (T - 1)) if len(ids) >= T else 0
-        logits = model.forward(np.asarray(ids[start:])[None], kv_cache=cache)[0]
-        state.update(cache=cache, fed=len(ids))
-        return logits[0, -1]
-    logits = model.forward(np.asarray(ids[fed:])[None], kv_cache=cache)[0]
-    state["fed"] = len(ids)
-    return logits[0, -1]
+def next_logits_fn(model: GPT, use_cache: bool = True):
+    """next_logits(ids, state) for generation.stream, the cache in `state`."""
+    def step(new_ids, cache):
+        return model.forward(np.asarray(new_ids)[None], kv_cache=cache)[0][0, -1], cache
+
+    return cached_next_logits(step, model.cfg.context_length,
+                              lambda: KVCache(model.cfg, 1, dtype=model.dtype), use_cache)
 
 
 def stream(model: GPT, tokenizer, prompt: str, params: SamplingParams, use_cache: bool = True,
            eos_id: int | None = None) -> Iterator[str]:
     """Yields text pieces as they are generated (returns the Generation at the end)."""
-    return _stream(lambda ids, state: next_token_logits(model, ids, use_cache, state), tokenizer,
-                   tokenizer.encode(prompt), params, () if eos_id is None else (eos_id,))
+    return _stream(next_logits_fn(model, use_cache), tokenizer, tokenizer.encode(prompt), params,
+                   () if eos_id is None else (eos_id,))
 
 
 def generate(model: GPT, tokenizer, prompt: str, params: SamplingParams, use_cache: bool = True,

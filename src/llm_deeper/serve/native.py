@@ -1,30 +1,23 @@
 """The native engine: continuous batching over a paged KV cache, in the spirit of nano-vllm.
 
-One thread runs the model. Requests arrive in an inbox; every step the scheduler decides which
-sequences take part:
+    block_manager.py   the pool of KV-cache blocks and each sequence's block table
+    scheduler.py       which sequences take part in each step (admission, preemption)
+    native.py          this loop: schedule -> one packed forward pass -> sample -> send
 
-1. Every running sequence decodes one token. If its last block is full it needs a new one; when
-   none is free the newest running sequence is *preempted*: its blocks go back to the pool and
-   it waits at the head of the queue, to be recomputed (prompt + what it generated so far) when
-   blocks free up. Nothing it sent is lost or sent twice.
-2. Waiting sequences are admitted, oldest first, while there is room: fewer than
-   `max_num_seqs` running, their prompts within `max_batched_tokens`, and blocks for them.
-   Their whole prompt is prefilled in this same step, packed with the decodes (paged.py).
-
-Then one packed forward pass gives every sequence its next-token logits, the sampler (engine.
-choose: penalties, grammar mask, temperature/top-k/top-p/min-p) picks each token, and each
-token goes to its request's queue. A sequence that ends (EOS, max_tokens) or whose client went
-away (its `cancelled` event) gives its blocks back before the next step.
-
-Requests join and leave between steps, so a short answer never waits for a long one: that is
-continuous (iteration-level) batching (Yu et al., Orca, 2022). With `max_num_seqs=1` the same
-engine serves one request at a time: the "batching off" baseline of `bench serve`.
+One thread runs the model. Requests arrive in an inbox; every step the scheduler picks the
+sequences (running ones decode a token, waiting ones are admitted and prefilled), one packed
+forward pass (torch_engine/paged.py) gives every sequence its next-token logits, the sampler
+(sampling.choose, with each request's penalties and grammar mask) picks each token, and each token
+goes to its request's queue. A sequence that ends (EOS, max_tokens) or whose client went away
+(its `cancelled` event) gives its blocks back before the next step. With `max_num_seqs=1` the
+same engine serves one request at a time: the "batching off" baseline of `bench serve`.
 
 Which thread runs the model matters on CPU: once one thread has run PyTorch's parallel (OpenMP)
 kernels, small kernels started from another thread cost ~0.1 ms more each (measured: a
 (1x64)@(64x100) matmul 16 us -> 144 us), which made a decode step 50 % slower. So `serve` loads
 the model and runs the loop on the main thread (`run_forever`) and puts the HTTP server on a
-side thread; `start=True` (tests, notebooks) runs the loop on a thread of its own instead.
+side thread; `start=True` (tests, notebooks) runs the loop on a thread of its own instead, which
+`close()` (or leaving a `with` block) stops.
 """
 
 from __future__ import annotations
@@ -32,125 +25,16 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 
 from ..errors import UserError
-from .engine import GenRequest, Step, choose
+from .block_manager import BlockManager
+from .engine import GenRequest, Step, next_step
+from .scheduler import Scheduler, Sequence
 
 _DONE = object()
-
-
-@dataclass(eq=False)  # identity: the scheduler finds and removes sequences by `in`/`remove`
-class Sequence:
-    req: GenRequest
-    tokens: list[int]  # prompt + generated
-    n_prompt: int
-    out: queue.Queue = field(default_factory=queue.Queue)
-    block_table: list[int] = field(default_factory=list)
-    n_cached: int = 0  # tokens whose K/V are in the cache
-    rng: np.random.Generator | None = None
-    preemptions: int = 0
-
-    @property
-    def generated(self) -> list[int]:
-        return self.tokens[self.n_prompt:]
-
-
-class BlockManager:
-    """The pool of KV-cache blocks: which are free, and each sequence's block table."""
-
-    def __init__(self, num_blocks: int, block_size: int):
-        self.block_size = block_size
-        self.num_blocks = num_blocks
-        self.free: deque[int] = deque(range(num_blocks))
-
-    def blocks_for(self, n_tokens: int) -> int:
-        return math.ceil(n_tokens / self.block_size)
-
-    def can_hold(self, seq: Sequence, n_tokens: int) -> bool:
-        return self.blocks_for(n_tokens) - len(seq.block_table) <= len(self.free)
-
-    def grow(self, seq: Sequence, n_tokens: int) -> None:
-        """Give seq enough blocks for n_tokens tokens (call can_hold first)."""
-        while len(seq.block_table) < self.blocks_for(n_tokens):
-            seq.block_table.append(self.free.popleft())
-
-    def release(self, seq: Sequence) -> None:
-        self.free.extend(seq.block_table)
-        seq.block_table = []
-        seq.n_cached = 0
-
-    @property
-    def used(self) -> int:
-        return self.num_blocks - len(self.free)
-
-
-class Scheduler:
-    """Chooses each step's sequences (see the module docstring). Single-threaded: only the
-    engine thread calls it."""
-
-    def __init__(self, blocks: BlockManager, max_num_seqs: int = 64,
-                 max_batched_tokens: int = 4096):
-        self.blocks = blocks
-        self.max_num_seqs, self.max_batched_tokens = max_num_seqs, max_batched_tokens
-        self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
-        self.preemptions = 0
-
-    def add(self, seq: Sequence) -> None:
-        self.waiting.append(seq)
-
-    def finish(self, seq: Sequence) -> None:
-        self.blocks.release(seq)
-        if seq in self.running:
-            self.running.remove(seq)
-        elif seq in self.waiting:
-            self.waiting.remove(seq)
-
-    def _preempt(self, seq: Sequence) -> None:
-        self.running.remove(seq)
-        self.blocks.release(seq)
-        seq.preemptions += 1
-        self.preemptions += 1
-        self.waiting.appendleft(seq)
-
-    def schedule(self) -> list[Sequence]:
-        """The sequences of the next step; each feeds tokens[n_cached:] (and has the blocks)."""
-        step: list[Sequence] = []
-        for seq in list(self.running):  # oldest first: they keep their places
-            if seq not in self.running:  # preempted below for an older one
-                continue
-            while not self.blocks.can_hold(seq, len(seq.tokens)):
-                victim = self.running[-1]
-                self._preempt(victim)
-                if victim is seq:
-                    break
-            if seq in self.running:
-                self.blocks.grow(seq, len(seq.tokens))
-                step.append(seq)
-        budget = self.max_batched_tokens - len(step)
-        while self.waiting and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
-            n = len(seq.tokens)
-            if step and n > budget:
-                break
-            if not self.blocks.can_hold(seq, n):
-                if not self.running and not step:  # alone and still too long: cannot ever run
-                    self.waiting.popleft()
-                    seq.out.put(UserError(f"the KV cache ({self.blocks.num_blocks} blocks of "
-                                          f"{self.blocks.block_size}) cannot hold {n} tokens."))
-                    continue
-                break
-            self.waiting.popleft()
-            self.blocks.grow(seq, n)
-            self.running.append(seq)
-            step.append(seq)
-            budget -= n
-        return step
 
 
 class NativeEngine:
@@ -186,8 +70,25 @@ class NativeEngine:
         self.inbox: queue.Queue = queue.Queue()
         self.steps = 0
         self._grammar = None
+        self._thread = None
         if start:
-            threading.Thread(target=self.run_forever, daemon=True, name="native-engine").start()
+            self._thread = threading.Thread(target=self.run_forever, daemon=True,
+                                            name="native-engine")
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the engine's own thread (start=True) and wait for it; requests still waiting
+        end with an error."""
+        self.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+            self._thread = None
+
+    def __enter__(self) -> "NativeEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ the engine protocol
     @property
@@ -244,6 +145,7 @@ class NativeEngine:
                 item = self.inbox.get(timeout=None if idle else 0)
                 while True:
                     if item is _DONE:
+                        self._fail_all(s, "the engine stopped.")
                         return
                     s.add(item)
                     item = self.inbox.get_nowait()
@@ -261,6 +163,18 @@ class NativeEngine:
                 for seq in batch:
                     s.finish(seq)
                     seq.out.put(RuntimeError(f"engine step failed: {exc!r}"))
+
+    def _fail_all(self, s: Scheduler, why: str) -> None:
+        for seq in (*s.running, *s.waiting):
+            s.finish(seq)
+            seq.out.put(RuntimeError(why))
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _DONE:
+                item.out.put(RuntimeError(why))
 
     def _step(self, batch: list[Sequence]) -> None:
         from ..torch_engine.paged import SeqSlice, packed_forward
@@ -280,7 +194,7 @@ class NativeEngine:
             if i in picks:
                 step = Step(picks[i])
             else:
-                step = choose(rows[i], req, seq.tokens, seq.generated, seq.rng)
+                step = next_step(rows[i], req, seq.tokens, seq.generated, seq.rng)
             seq.out.put(step)
             seq.tokens.append(step.token)
             if (step.token in self.eos_ids and not req.ignore_eos) \
@@ -335,19 +249,10 @@ def load_lora(path, cfg, dtype, device) -> dict:
 
 def load_native(model: str, device: str = "cpu"):
     """(TorchGPT, ServingTokenizer) for a registry name or a GGUF file."""
-    from pathlib import Path
-
-    from .. import models
+    from ..models import gguf_file
     from ..torch_engine.model import TorchGPT
     from ..weights import load_gguf
 
-    if Path(model).is_dir():
-        raise UserError(f"{model} is a directory: the native engine reads GGUF files and "
-                        "registry models; an HF directory runs with --engine hf.")
-    path = models.require(model) if model in models.REGISTRY else Path(model)
-    if not path.is_file():
-        raise UserError(f"{model} is neither a registry model ({', '.join(models.REGISTRY)}) "
-                        "nor a GGUF file.")
-    pre = load_gguf(path)
+    pre = load_gguf(gguf_file(model, "the native engine reads GGUF files"))
     tok = ServingTokenizer(pre.tokenizer, pre.chat_template, pre.eos_id)
     return TorchGPT(pre.config, pre.params).to(device), tok

@@ -2,37 +2,25 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from ..generation import cached_next_logits
 from .model import TorchGPT, make_cache
 
 
-class TorchLogits:
-    """`next_logits(ids, state)` for generation.stream(), with the cache in `state`."""
-
-    def __init__(self, model: TorchGPT, use_cache: bool = True):
-        self.model, self.use_cache = model, use_cache
-        self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
+def next_logits_fn(model: TorchGPT, use_cache: bool = True):
+    """next_logits(ids, state) for generation.stream, the cache in `state`
+    (the policy of generation.cached_next_logits)."""
+    p = next(model.parameters())
 
     @torch.inference_mode()
-    def __call__(self, ids: list[int], state: dict) -> np.ndarray:
-        T = self.model.cfg.context_length
-        if not self.use_cache:
-            x = torch.tensor([ids[-T:]], device=self.device)
-            return self.model(x)[0][0, -1].float().cpu().numpy()
-        cache = state.get("cache")
-        fed = state.get("fed", 0)
-        if cache is None or cache.pos >= T or fed > len(ids):
-            cache = make_cache(self.model.cfg, 1, dtype=self.dtype, device=self.device)
-            ids_in = ids[-(T - 1):] if len(ids) >= T else ids
-            state.update(cache=cache)
-        else:
-            ids_in = ids[fed:]
-        state["fed"] = len(ids)
-        x = torch.tensor([ids_in], device=self.device)
-        return self.model(x, cache=cache)[0][0, -1].float().cpu().numpy()
+    def step(new_ids, cache):
+        logits = model(torch.tensor([new_ids], device=p.device), cache=cache)[0]
+        return logits[0, -1].float().cpu().numpy(), cache
+
+    return cached_next_logits(step, model.cfg.context_length,
+                              lambda: make_cache(model.cfg, 1, dtype=p.dtype, device=p.device),
+                              use_cache)
 
 
 @torch.inference_mode()

@@ -86,6 +86,8 @@ class DeltaParser:
 
 
 def parse_call(body: str) -> dict | None:
+    """The text between <tool_call> and </tool_call> -> {"id", "name", "arguments": dict}, or
+    None when it is not a valid call."""
     try:
         obj = json.loads(body.strip())
     except json.JSONDecodeError:
@@ -100,12 +102,11 @@ def parse_call(body: str) -> dict | None:
             return None
     if not isinstance(args, dict):
         return None
-    return {"id": f"call_{uuid.uuid4().hex[:24]}", "name": obj["name"],
-            "arguments": json.dumps(args, ensure_ascii=False)}
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "name": obj["name"], "arguments": args}
 
 
-def split_text(text: str, tools: bool) -> tuple[str, str | None, list[dict]]:
-    """(content, reasoning_content or None, tool calls) of a finished generation."""
+def split_text(text: str, tools: bool = True) -> tuple[str, str | None, list[dict]]:
+    """(content, reasoning or None, tool calls) of a finished reply."""
     p = DeltaParser(tools)
     content, reasoning = [], []
     for kind, value in p.feed(text, final=True):
@@ -114,3 +115,9 @@ def split_text(text: str, tools: bool) -> tuple[str, str | None, list[dict]]:
         elif kind == "reasoning":
             reasoning.append(value)
     return "".join(content).strip(), ("".join(reasoning).strip() if reasoning else None), p.calls
+
+
+def parse_tool_calls(text: str) -> tuple[list[dict], str]:
+    """The calls of a finished reply as [{"name", "arguments"}], and its content without them."""
+    content, _, calls = split_text(text, tools=True)
+    return [{"name": c["name"], "arguments": c["arguments"]} for c in calls], content
