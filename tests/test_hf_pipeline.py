@@ -12,6 +12,29 @@ from conftest import shakespeare_or_skip, smollm2_or_skip, torchrun
 from llm_deeper.cli import main
 
 
+def assistant_loss(model, tok, rows) -> float:
+    """Mean cross-entropy on the assistant tokens of the conversations (what SFT trains)."""
+    import torch
+
+    from llm_deeper.data.sft import as_messages
+    from llm_deeper.hf.finetune import tokenize_conversation
+
+    losses = []
+    with torch.inference_mode():
+        for r in rows:
+            enc = tokenize_conversation(tok, as_messages(r), 384)
+            out = model(input_ids=torch.tensor([enc["input_ids"]]),
+                        labels=torch.tensor([enc["labels"]]))
+            losses.append(out.loss.item())
+    return sum(losses) / len(losses)
+
+
+def train_rows(run):
+    from llm_deeper.data.sft import load_sft
+
+    return load_sft(run / "tools.jsonl")["train"]
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A LoRA run of 2 steps on a JSONL file of tool-calling conversations."""
@@ -28,6 +51,16 @@ def run(tmp_path_factory):
                  "--alpha", "8", "--max-length", "384", "--out", str(d / "run"),
                  "--no-progress"]) == 0
     return d
+
+
+def test_lora_lowered_the_loss_on_its_conversations(run):
+    from llm_deeper.hf.models import load
+
+    rows = train_rows(run)
+    base, tok = load("smollm2-135m")
+    tuned, _ = load("smollm2-135m", adapter=str(run / "run" / "adapter"))
+    before, after = assistant_loss(base, tok, rows), assistant_loss(tuned, tok, rows)
+    assert after < before - 0.05, (before, after)
 
 
 def test_lora_merge_equals_adapter_on_top(run, capsys):
@@ -93,6 +126,9 @@ def test_full_finetuning_writes_a_loadable_model(run):
     model, tok = load(str(run / "full" / "model"))
     assert sum(p.numel() for p in model.parameters()) > 100e6
     assert torch.isfinite(model(**tok("Hello", return_tensors="pt")).logits).all()
+    rows = train_rows(run)
+    base, _ = load("smollm2-135m")
+    assert assistant_loss(model, tok, rows) < assistant_loss(base, tok, rows)  # one step helped
 
 
 def _cli(args, env=None, cwd=None):

@@ -1,6 +1,7 @@
 """Every lesson runs as a script (quick mode) and its own checks pass."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,14 @@ def _param(p):
     return pytest.param(p, id=name, marks=[pytest.mark.slow] if name in SLOW else [])
 
 
-def test_lessons_exist():
-    assert len(LESSONS) >= 9
+def test_every_lesson_is_in_the_index_and_checks_what_it_shows():
+    """The index (lessons/README.md) lists exactly the lessons there are, and every lesson
+    checks something with _common.check (which stops the lesson when a check fails)."""
+    index = (LESSONS[0].parents[1] / "README.md").read_text()
+    names = {f"{p.parent.name}/{p.name}" for p in LESSONS}
+    assert set(re.findall(r"`(\d\d_\w+/\d\d_\w+\.py)`", index)) == names
+    for p in LESSONS:
+        assert "check(" in p.read_text(), p
 
 
 @pytest.mark.parametrize("lesson", [_param(p) for p in LESSONS])

@@ -48,9 +48,9 @@ def perplexity(token_logprobs: Callable, ids, window: int, stride: int | None = 
         raise UserError("perplexity needs at least two tokens.")
     total_nll, total_n, n_windows, prev_end = 0.0, 0, 0, 0
     starts = list(range(0, max(1, len(ids) - 1), stride))
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
-    for begin in tqdm(starts, desc="perplexity", disable=not progress):
+    for begin in progress_bar(starts, desc="perplexity", enabled=progress):
         end = min(begin + window, len(ids))
         new = end - max(prev_end, begin + 1)  # targets not yet scored (position 0 never is)
         if new <= 0:

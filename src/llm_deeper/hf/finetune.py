@@ -10,6 +10,7 @@ markers for TRL's `assistant_only_loss`.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ..errors import UserError
@@ -124,7 +125,7 @@ def finetune(model: str, rows: list[dict], out: str, *, method: str = "lora", st
         warmup_steps=max(1, steps // 20), logging_steps=max(1, steps // 20),
         save_steps=max(10, steps // 4), save_total_limit=1, report_to="none", seed=seed,
         bf16=cuda, use_cpu=not cuda, packing=False, max_length=max_length,
-        disable_tqdm=not progress, dataloader_num_workers=0)
+        disable_tqdm=not (progress and sys.stderr.isatty()), dataloader_num_workers=0)
     trainer = SFTTrainer(model=m, args=args, train_dataset=data, processing_class=tok,
                          peft_config=peft_config, callbacks=[_throughput_callback(log)])
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)

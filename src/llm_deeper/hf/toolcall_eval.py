@@ -37,13 +37,14 @@ def generate_batch(model, tok, conversations: list[list[dict]], max_new_tokens: 
                    batch_size: int = 8, progress: bool = False, desc: str = "generate") -> list[str]:
     """Greedy replies to each conversation (chat template + generation prompt)."""
     import torch
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     side, tok.padding_side = tok.padding_side, "left"
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out: list[str] = []
     try:
-        for i in tqdm(range(0, len(conversations), batch_size), desc=desc, disable=not progress):
+        for i in progress_bar(range(0, len(conversations), batch_size), desc=desc,
+                              enabled=progress):
             texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                      for c in conversations[i:i + batch_size]]
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)

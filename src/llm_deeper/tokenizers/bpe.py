@@ -25,6 +25,7 @@ from collections import Counter, defaultdict
 import regex
 
 from ..errors import UserError
+from ..progress import progress_bar
 from .bytelevel import bytes_to_token, token_to_bytes
 from .pretokenize import GPT2_PATTERN, PATTERNS, PreTokenizer
 
@@ -86,7 +87,8 @@ class BPETokenizer:
         heapq.heapify(heap)
         merges: list[tuple[int, int]] = []
         n_target = vocab_size - len(special_tokens)
-        bar = _progress(n_target - 256, progress)
+        bar = progress_bar(total=n_target - 256, desc="BPE merges", unit="merge",
+                           enabled=progress)
         while len(vocab) < n_target and heap:
             neg, pair = heapq.heappop(heap)
             if pair_count.get(pair, 0) != -neg or -neg <= 0:
@@ -282,19 +284,3 @@ def _parse_pre(p: dict | None) -> list[tuple[str, object]]:
                             "(only Isolated).")
         return [("split", rx)]
     raise UserError(f"pre-tokenizer '{kind}' is not supported.")
-
-
-def _progress(total: int, enabled: bool):
-    if enabled:
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc="BPE merges", unit="merge")
-
-    class _Null:
-        def update(self, n):
-            pass
-
-        def close(self):
-            pass
-
-    return _Null()
