@@ -95,3 +95,82 @@ def test_bench_train_ends_with_a_json_line(tmp_path):
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["bench"] == "train" and result["numpy_tokens_per_s"] > 0
     assert result["ratio_numpy_over_torch"] > 0 and 0 < result["mfu_numpy"] < 1
+
+
+# --- the command table, its help texts, `llm-deeper presets` ---------------------------------
+
+def _parsers(parser, path=()):
+    """(path, parser) for the parser and every sub-parser below it, at any depth."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_command_and_option_has_a_help_text():
+    import argparse
+
+    from llm_deeper.cli import COMMANDS, build_parser
+
+    parsers = dict(_parsers(build_parser()))
+    assert {p[0] for p in parsers if p} == set(COMMANDS)
+    assert len(parsers) > 30  # commands and their sub-commands (models pull, eval perplexity...)
+    for path, parser in parsers.items():
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {a.dest: a.help for a in action._choices_actions}
+                assert set(helps) == set(action.choices), path
+                for name, help_ in helps.items():
+                    assert help_ and help_.strip(), (*path, name)
+            else:
+                assert action.help and action.help.strip(), (*path, action.dest)
+        text = parser.format_help()
+        assert "default: None" not in text and "default: []" not in text, path
+
+
+@pytest.mark.parametrize("command", [["train"], ["finetune"], ["generate"], ["serve"],
+                                     ["bench", "train"], ["eval", "perplexity"]])
+def test_help_shows_defaults(command, capsys):
+    from llm_deeper.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--help"])
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: " in out
+    if command == ["finetune"]:  # the defaults that depend on the path are spelt out
+        for words in ("300 with --checkpoint, 48 with --model",
+                      "12 with --checkpoint, 4 with --model",
+                      "8 with --checkpoint, 16 with --model",
+                      "16 with --checkpoint, 32 with --model"):
+            assert words in out, words
+
+
+def test_train_help_states_train_configs_defaults(capsys):
+    from llm_deeper.cli import main
+    from llm_deeper.commands.train import TRAIN_OPTIONS
+    from llm_deeper.train import TrainConfig
+
+    for name, _, _, default in TRAIN_OPTIONS:
+        assert getattr(TrainConfig(), name.replace("-", "_")) == default, name
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 1337; with --resume: the run's)" in out
+    assert "(default: the preset's)" in out
+
+
+def test_presets_lists_every_preset_with_its_parameter_count(tmp_path):
+    from llm_deeper.config import PRESETS, preset
+
+    lines = cli("presets", cwd=tmp_path).stdout.splitlines()
+    for name in PRESETS:
+        row = [line for line in lines if line.split()[:1] == [name]]
+        assert len(row) == 1, name
+        c = preset(name)
+        assert f"{c.n_params():,}" in row[0] and c.norm in row[0] and c.position in row[0]
+    baby = preset("baby").n_params()
+    assert 0.79e6 < baby < 0.82e6 and f"{baby:,}" in "\n".join(lines)

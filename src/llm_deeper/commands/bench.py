@@ -1,0 +1,71 @@
+"""`llm-deeper bench`: benchmarks that print ratios side by side and end with one JSON line
+(bench/)."""
+
+from __future__ import annotations
+
+from ..errors import UserError
+
+HELP = "benchmarks (ratios side by side, one JSON line)"
+
+
+def add_arguments(p) -> None:
+    sub = p.add_subparsers(dest="bench_command", required=True, metavar="<benchmark>")
+    q = sub.add_parser("train", help="NumPy vs PyTorch training tokens/s and MFU")
+    q.add_argument("--preset", default="baby", help="the model (see `llm-deeper presets`)")
+    q.add_argument("--batch-size", type=int, default=12, help="windows per step")
+    q.add_argument("--rounds", type=int, default=5, help="alternating timed rounds (median)")
+    q.add_argument("--steps-per-round", type=int, default=6, help="training steps per round")
+    q.add_argument("--torch-threads", type=int, default=None,
+                   help="torch.set_num_threads (default: torch's own choice)")
+    q = sub.add_parser("decode", help="greedy decode tokens/s vs HF generate, SmolLM2-135M")
+    q.add_argument("--model", default="smollm2-135m", help="a registry name or a GGUF file")
+    q.add_argument("--batch-sizes", default="1,8",
+                   help="sequences decoded together, comma-separated")
+    q.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sequence")
+    q.add_argument("--rounds", type=int, default=5, help="alternating timed rounds (median)")
+    q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    q = sub.add_parser("kv-cache", help="time per token vs length with/without cache; KV bytes")
+    q.add_argument("--lengths", default="128,256,512,1024,2048",
+                   help="sequence lengths to time, comma-separated")
+    q.add_argument("--tokens", type=int, default=4, help="tokens timed at each length")
+    q.add_argument("--out", default="runs/bench", help="directory for the two figures")
+    q = sub.add_parser("serve", help="the server under load: req/s, tok/s, TTFT, TPOT, ITL at "
+                       "several concurrencies, batching on and off")
+    q.add_argument("--model", default="smollm2-135m", help="registry name, HF dir or hub id")
+    q.add_argument("--concurrency", default="1,4,16,64",
+                   help="clients sending at once, comma-separated")
+    q.add_argument("--max-tokens", type=int, default=64, help="tokens per request (ignore_eos)")
+    q.add_argument("--requests", type=int, default=None,
+                   help="requests per run (default: max(concurrency, 4))")
+    q.add_argument("--batching", default="on,off", help="on, off or on,off")
+    q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    q = sub.add_parser("tokenizer", help="BPE encode MB/s vs HF tokenizers, SmolLM2 vocabulary")
+    q.add_argument("--data", default="works", help="the text to encode")
+
+
+def run(args) -> None:
+    if args.bench_command == "train":
+        from ..bench.train import run
+
+        run(args.preset, args.batch_size, args.rounds, args.steps_per_round, args.torch_threads)
+    elif args.bench_command == "kv-cache":
+        from ..bench.kv_cache import run
+
+        run([int(x) for x in args.lengths.split(",")], args.tokens, args.out)
+    elif args.bench_command == "serve":
+        from ..bench.serve import run
+
+        modes = [m for m in args.batching.split(",") if m]
+        if not modes or any(m not in ("on", "off") for m in modes):
+            raise UserError(f"--batching takes on, off or on,off; got '{args.batching}'.")
+        run(args.model, [int(c) for c in args.concurrency.split(",")], args.max_tokens,
+            args.requests, modes, args.device)
+    elif args.bench_command == "decode":
+        from ..bench.decode import run
+
+        run(args.model, [int(b) for b in args.batch_sizes.split(",")], args.new_tokens,
+            args.rounds, args.device)
+    else:
+        from ..bench.tokenizer import run
+
+        run(args.data)

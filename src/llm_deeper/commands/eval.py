@@ -1,0 +1,158 @@
+"""`llm-deeper eval`: perplexity of a model on a text; the tool-calling task and a dataset's
+conversations scored with ROUGE and BERTScore (a model, and with --compare, base vs adapter)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ..errors import UserError
+from .common import load_model
+
+HELP = "evaluate a model: perplexity, the tool-calling task, ROUGE and BERTScore"
+
+
+def add_arguments(p) -> None:
+    sub = p.add_subparsers(dest="eval_command", required=True, metavar="<subcommand>")
+    q = sub.add_parser("perplexity", help="sliding-window perplexity on a text")
+    src = q.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint directory")
+    src.add_argument("--model", help="a registry name (smollm2-135m) or a GGUF path")
+    q.add_argument("--data", default="works", help="works, a title (sonnets) or a text file")
+    q.add_argument("--split", choices=["train", "val", "all"], default="val",
+                   help="the 90/10 character split of the text (val: the last 10 %%)")
+    q.add_argument("--window", type=int, default=None,
+                   help="tokens per window (default: the model's context)")
+    q.add_argument("--stride", type=int, default=None,
+                   help="window start spacing (default: window/2)")
+    q.add_argument("--max-tokens", type=int, default=None,
+                   help="score only the first N tokens (default: all)")
+
+    for name, help_ in (("toolcalls", ("the built-in tool-calling task, played to the final "
+                                       "answer: tool-name accuracy, exact match, answer "
+                                       "correctness, ROUGE, BERTScore")),
+                        ("dataset", ("ROUGE and BERTScore of the last assistant turn of a "
+                                     "dataset's conversations (JSONL/JSON/CSV or a hub id)"))):
+        q = sub.add_parser(name, help=help_)
+        q.add_argument("--model", default="smollm2-135m", help="registry name, HF dir or hub id")
+        q.add_argument("--adapter", default=None,
+                       help="a PEFT adapter directory (default: the model alone)")
+        q.add_argument("--compare", action="store_true",
+                       help="also score the model without the adapter, side by side")
+        q.add_argument("--n", type=int, default=40, help="test conversations to score")
+        q.add_argument("--batch-size", type=int, default=8, help="conversations per generate()")
+        q.add_argument("--report", default=None, metavar="FILE",
+                       help="write the JSON report (metrics and every reply) here "
+                       "(default: no file)")
+        if name == "dataset":
+            q.add_argument("--dataset", required=True,
+                           help="a JSONL/JSON/CSV file of conversations or a hub id")
+            q.add_argument("--split", default="test", help="the dataset's split to score")
+
+
+def run(args) -> int:
+    if args.eval_command in ("toolcalls", "dataset"):
+        return _eval_hf(args)
+    return _perplexity(args)
+
+
+def _perplexity(args) -> int:
+    import numpy as np
+
+    from ..data import load_text
+    from ..evaluation.perplexity import numpy_logprobs, perplexity, torch_logprobs
+
+    text = load_text(args.data)
+    cut = int(len(text) * 0.9)
+    text = {"train": text[:cut], "val": text[cut:], "all": text}[args.split]
+    if args.checkpoint:
+        model, tok = load_model(args.checkpoint)
+        fn, ctx, name = numpy_logprobs(model), model.cfg.context_length, args.checkpoint
+    else:
+        from pathlib import Path
+
+        from .. import models
+        from ..torch_engine.model import TorchGPT
+        from ..weights import load_gguf
+
+        path = models.require(args.model) if args.model in models.REGISTRY else Path(args.model)
+        pre = load_gguf(path)
+        tok, name = pre.tokenizer, args.model
+        fn, ctx = torch_logprobs(TorchGPT(pre.config, pre.params).eval()), pre.config.context_length
+    window = min(args.window or ctx, ctx)
+    stride = args.stride or max(1, window // 2)
+    ids = np.asarray(tok.encode(text))
+    if args.max_tokens:
+        ids = ids[:args.max_tokens]
+    r = perplexity(fn, ids, window, stride, progress=True)
+    print(f"{name} on {args.data} ({args.split} split, {r.tokens:,} predicted tokens): "
+          f"perplexity {r.perplexity:.3f} (NLL {r.nll:.4f} nats/token), window {r.window}, "
+          f"stride {r.stride}, {r.windows} windows")
+    print(json.dumps({"eval": "perplexity", "model": name, "data": args.data, "split": args.split,
+                      "perplexity": round(r.perplexity, 4), "nll": round(r.nll, 5),
+                      "tokens": r.tokens, "window": r.window, "stride": r.stride}))
+    return 0
+
+
+def _eval_hf(args) -> int:
+    """Score the model (and, with --compare, the same model without the adapter)."""
+    from ..hf.models import load
+    from ..hf.toolcall_eval import conversation_metrics, play, score
+
+    if args.compare and not args.adapter:
+        raise UserError("--compare puts the base model beside the fine-tuned one: give --adapter.")
+    if args.eval_command == "toolcalls":
+        from ..data.toolcalls import tool_calling_dataset
+
+        rows = tool_calling_dataset()["test"][:args.n]
+    else:
+        from ..data.sft import load_sft
+
+        splits = load_sft(args.dataset)
+        if args.split not in splits:
+            raise UserError(f"{args.dataset} has no '{args.split}' split (it has "
+                            f"{', '.join(splits)}).")
+        rows = splits[args.split][:args.n]
+    if not rows:
+        raise UserError("no conversations to evaluate.")
+    runs = ([("base", None)] if args.compare else []) + \
+        [("fine-tuned" if args.adapter else "model", args.adapter)]
+    report = {"eval": args.eval_command, "model": args.model, "adapter": args.adapter,
+              "results": {}, "records": {}}
+    for label, adapter in runs:
+        model, tok = load(args.model, adapter=adapter)
+        print(f"{label}: {args.model}" + (f" + {adapter}" if adapter else ""), file=sys.stderr)
+        if args.eval_command == "toolcalls":
+            records = play(model, tok, rows, args.batch_size, progress=True)
+            metrics = score(rows, records)
+        else:
+            metrics, records = conversation_metrics(model, tok, rows, args.batch_size,
+                                                    progress=True)
+        report["results"][label], report["records"][label] = metrics, records
+        del model
+    print(metrics_table(report["results"]))
+    if args.report:
+        from ..paths import atomic_write_text
+
+        atomic_write_text(args.report, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+        print(f"report written to {args.report}", file=sys.stderr)
+    print(json.dumps({k: v for k, v in report.items() if k != "records"}))
+    return 0
+
+
+def metrics_table(results: dict[str, dict]) -> str:
+    """One row per metric, one column per run (and the change, for two runs)."""
+    cols = list(results)
+    keys = [k for k in next(iter(results.values())) if k != "examples"]
+    head = f"{'metric':<22}" + "".join(f"{c:>12}" for c in cols)
+    if len(cols) == 2:
+        head += f"{'change':>10}"
+    lines = [head, "-" * len(head)]
+    for k in keys:
+        vals = [results[c][k] for c in cols]
+        line = f"{k:<22}" + "".join(f"{v:>12.3f}" for v in vals)
+        if len(cols) == 2:
+            line += f"{vals[1] - vals[0]:>+10.3f}"
+        lines.append(line)
+    n = next(iter(results.values()))["examples"]
+    return "\n".join(lines + [f"({n} test conversations, greedy decoding)"])

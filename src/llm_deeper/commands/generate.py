@@ -1,0 +1,66 @@
+"""`llm-deeper generate`: text from a checkpoint of ours (NumPy) or an HF model (transformers)."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import UserError
+from .common import add_sampling, load_model, sampling
+
+HELP = "generate text from a checkpoint or (--model) an HF model"
+
+
+def add_arguments(p) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint of ours (NumPy engine)")
+    src.add_argument("--model", help="an HF directory, registry name or hub id (transformers)")
+    p.add_argument("--adapter", default=None,
+                   help="a LoRA adapter directory (ours with --checkpoint, PEFT with --model)")
+    p.add_argument("--prompt", default="\n",
+                   help="the text to continue, \\n for a newline (default: a newline)")
+    p.add_argument("--interactive", action="store_true", help="read prompts, stream answers")
+    p.add_argument("--no-cache", action="store_true", help="recompute everything every token")
+    add_sampling(p)
+
+
+def run(args) -> int:
+    params = sampling(args)
+    if args.model:  # transformers (+ PEFT): the shared generation loop over its logits
+        from ..generation import stream as stream_ids
+        from ..hf.models import engine
+
+        fn, tok, _, stop = engine(args.model, args.adapter)
+
+        def pieces(prompt):
+            return stream_ids(fn, tok, tok.encode(prompt), params, stop)
+    else:
+        from ..numpy_engine.generate import stream
+
+        model, tok = load_model(args.checkpoint, args.adapter)
+
+        def pieces(prompt):
+            return stream(model, tok, prompt, params, use_cache=not args.no_cache)
+
+    def run_one(prompt: str):
+        sys.stdout.write(prompt)
+        for piece in pieces(prompt):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+
+    if not args.interactive:
+        run_one(args.prompt.replace("\\n", "\n"))
+        return 0
+    print("Type a prompt and press Enter (an empty line or Ctrl-D quits).", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if not line:
+            break
+        try:
+            run_one(line)
+        except UserError as exc:  # one bad prompt does not end the session
+            print(f"error: {exc}", file=sys.stderr)
+    return 0
