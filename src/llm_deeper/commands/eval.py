@@ -69,14 +69,11 @@ def _perplexity(args) -> int:
         model, tok = load_model(args.checkpoint)
         fn, ctx, name = numpy_logprobs(model), model.cfg.context_length, args.checkpoint
     else:
-        from pathlib import Path
-
-        from .. import models
+        from ..models import gguf_file
         from ..torch_engine.model import TorchGPT
         from ..weights import load_gguf
 
-        path = models.require(args.model) if args.model in models.REGISTRY else Path(args.model)
-        pre = load_gguf(path)
+        pre = load_gguf(gguf_file(args.model, "eval perplexity reads GGUF files"))
         tok, name = pre.tokenizer, args.model
         fn, ctx = torch_logprobs(TorchGPT(pre.config, pre.params).eval()), pre.config.context_length
     window = min(args.window or ctx, ctx)

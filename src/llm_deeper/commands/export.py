@@ -3,7 +3,6 @@ vLLM and mlx-lm load it). `llm-deeper models export-hf NAME` runs the same code.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 HELP = "write an HF directory (transformers, vLLM, mlx-lm load it)"
 
@@ -29,8 +28,7 @@ def run(args) -> int:
     else:
         from .. import models
 
-        path = models.require(args.model) if args.model in models.REGISTRY else Path(args.model)
-        pre = load_gguf(path)
+        pre = load_gguf(models.gguf_file(args.model, "export reads GGUF files"))
         out = export_hf(args.out, pre.config, pre.params, pre.tokenizer,
                         chat_template=pre.chat_template, bos_id=pre.bos_id, eos_id=pre.eos_id)
     print(f"HF directory written to {out}")

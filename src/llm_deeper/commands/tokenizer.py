@@ -34,8 +34,8 @@ def run(args) -> int:
         return 0
     from .. import models
 
-    path = models.require(args.tokenizer) if args.tokenizer in models.REGISTRY else args.tokenizer
-    tok = load_tokenizer(path)
+    name = args.tokenizer  # a registry model's or GGUF's vocabulary, or a tokenizer.json
+    tok = load_tokenizer(models.gguf_file(name) if name in models.REGISTRY else name)
     ids = tok.encode(args.text)
     print(json.dumps({"ids": ids, "tokens": [tok.decode([i]) for i in ids]}, ensure_ascii=False))
     return 0
