@@ -25,7 +25,7 @@ def shakespeare_or_skip():
 
 
 def smollm2_or_skip():
-    from llm_deeper import models
+    from llm_deeper.pretrained import models
 
     if not models.is_cached("smollm2-135m"):
         pytest.skip("SmolLM2 not cached: run 'llm-deeper models pull smollm2-135m'")
@@ -56,7 +56,7 @@ def pytest_sessionstart(session):
     command that fetches them."""
     if os.environ.get("LLM_DEEPER_NO_PULL"):
         return
-    from llm_deeper import models
+    from llm_deeper.pretrained import models
     from llm_deeper.data import shakespeare
     from llm_deeper.errors import UserError
 

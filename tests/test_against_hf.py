@@ -155,7 +155,7 @@ LLAMA_LAYER = {  # HF name inside model.layers.{i}. -> ours inside h.{i}.
 def llama_to_ours(model, n_layer: int, tied: bool) -> dict:
     """Llama -> our names: nn.Linear on both sides, so no transposes. HF's q_proj/k_proj rows are
     in half-split RoPE order (feature i rotates with i + head_dim/2), which is our rope_pairing
-    "half": no row permutation (that is only for llama.cpp's GGUF, see weights.py). SwiGLU: gate
+    "half": no row permutation (that is only for llama.cpp's GGUF, see pretrained/weights.py). SwiGLU: gate
     -> w1, up -> w3, down -> w2."""
     w = _Weights(model)
     p = {"wte": w("model.embed_tokens.weight"), "norm_f.weight": w("model.norm.weight")}
@@ -355,7 +355,7 @@ def test_mla_absorbed_decode_matches_transformers(case):
 
 def test_llama_mapping_is_the_export_mapping():
     """The HF names this file maps Llama with are the ones `llm-deeper export --hf` writes."""
-    from llm_deeper.weights import hf_name
+    from llm_deeper.pretrained.weights import hf_name
 
     for theirs, ours in LLAMA_LAYER.items():
         assert hf_name(f"h.3.{ours}") == f"model.layers.3.{theirs}"

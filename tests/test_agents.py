@@ -7,7 +7,7 @@ from typing import Literal
 
 import pytest
 
-from llm_deeper.agents import ToolRegistry, function_schema, run_agent
+from llm_deeper.chat.agents import ToolRegistry, function_schema, run_agent
 
 
 def convert(value: float, unit: Literal["km", "mile"], precise: bool = False) -> str:

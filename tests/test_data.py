@@ -35,7 +35,7 @@ def test_local_file_and_unknown_names(tmp_path):
 def test_offline_without_cache_is_one_sentence(tmp_cache):
     with pytest.raises(UserError, match="llm-deeper data pull shakespeare"):
         load_text("works")
-    from llm_deeper import models
+    from llm_deeper.pretrained import models
 
     with pytest.raises(UserError, match="llm-deeper models pull smollm2-135m"):
         models.require("smollm2-135m")

@@ -16,7 +16,7 @@ from llm_deeper.errors import UserError
 from llm_deeper.numpy_engine.model import GPT
 from llm_deeper.tokenizers import BPETokenizer
 from llm_deeper.torch_engine.model import TorchGPT
-from llm_deeper.weights import export_hf, load_gguf
+from llm_deeper.pretrained.weights import export_hf, load_gguf
 
 
 def test_exported_smollm2_loads_in_transformers(tmp_path):

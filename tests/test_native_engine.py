@@ -159,7 +159,7 @@ def test_lora_adapters_in_one_step_equal_peft(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from llm_deeper.hf.models import random_lora
-    from llm_deeper.weights import export_hf
+    from llm_deeper.pretrained.weights import export_hf
 
     m = _model(dtype=torch.float32, tie_embeddings=True)
     params = {k: v.detach().numpy() for k, v in m.named_parameters()}

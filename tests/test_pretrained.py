@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import smollm2_or_skip
-from llm_deeper.chat import render_chat
+from llm_deeper.chat.template import render_chat
 from llm_deeper.numpy_engine.generate import greedy_batch as np_greedy
 from llm_deeper.numpy_engine.model import GPT
 from llm_deeper.torch_engine.generate import greedy_batch as torch_greedy
 from llm_deeper.torch_engine.model import TorchGPT
-from llm_deeper.weights import load_gguf
+from llm_deeper.pretrained.weights import load_gguf
 
 PROMPTS = ["The capital of France is",
            "<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n<|im_start|>assistant\n",
@@ -130,7 +130,7 @@ def test_chat_template_renders_as_transformers(pre, hf_tok):
 def test_chat_answers_in_the_terminal(pre):
     import io
 
-    from llm_deeper.chat import chat_loop
+    from llm_deeper.chat.terminal import chat_loop
     from llm_deeper.sampling import SamplingParams
 
     answers = iter(["What is the capital of France?", ""])

@@ -1,15 +1,14 @@
-"""The one parser of replies (reply.py): content, reasoning and tool calls, identical whether the
+"""The one parser of replies (chat/reply.py): content, reasoning and tool calls, identical whether the
 text arrives at once or token by token (any split), the same calls for the server, the chat loop
 and the evaluator; and the server's request validation."""
 
-import json
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_deeper.reply import DeltaParser, parse_call, parse_tool_calls, split_text
-from llm_deeper.tools import format_call, run_call
+from llm_deeper.chat.reply import DeltaParser, parse_call, parse_tool_calls, split_text
+from llm_deeper.chat.tools import format_call, run_call
 
 TEXT = ("<think>The user wants a sum.</think>Let me compute. "
         '<tool_call>{"name": "calculator", "arguments": {"expression": "2 + 2"}}</tool_call>'

@@ -105,7 +105,7 @@ def test_completions_and_an_adapter_chosen_by_name(client):
 
 
 def test_tool_call_round_trip_with_required(client):
-    from llm_deeper.tools import run_call
+    from llm_deeper.chat.tools import run_call
 
     msgs = [{"role": "user", "content": "What date is 30 days after 2024-01-15?"}]
     r = client.chat.completions.create(model="smollm2-135m", messages=msgs, tools=TOOLS,
@@ -267,7 +267,7 @@ def test_agent_loop_against_the_live_server(client):
     its result goes back as a tool message, and the loop ends within its bound."""
     from datetime import date, timedelta
 
-    from llm_deeper.agents import ToolRegistry, run_agent
+    from llm_deeper.chat.agents import ToolRegistry, run_agent
 
     ran = []
 

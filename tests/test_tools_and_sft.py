@@ -9,8 +9,8 @@ from conftest import shakespeare_or_skip
 from llm_deeper.data.sft import load_sft, save_jsonl
 from llm_deeper.data.toolcalls import PHRASES, tool_calling_dataset
 from llm_deeper.errors import UserError
-from llm_deeper.reply import parse_tool_calls
-from llm_deeper.tools import add_days, calculator, convert_units, days_between, run_call
+from llm_deeper.chat.reply import parse_tool_calls
+from llm_deeper.chat.tools import add_days, calculator, convert_units, days_between, run_call
 
 
 def test_tools_compute_real_answers():
@@ -77,7 +77,7 @@ def test_both_shapes_become_conversations_and_hub_ids_fail_clearly(tmp_path, mon
 
 
 def test_count_word_reads_titles_only():
-    from llm_deeper.tools import count_word, title_key
+    from llm_deeper.chat.tools import count_word, title_key
 
     assert title_key("Romeo and Juliet") == title_key(" romeo_and_juliet ") == "romeo_and_juliet"
     assert title_key("The Tempest") == "tempest"

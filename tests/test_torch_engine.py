@@ -192,7 +192,7 @@ def test_alibi_cache_sdpa_and_slopes():
 def test_interleaved_rope_is_half_split_with_permuted_rows():
     """The two RoPE pairings are the same model up to a permutation of wq/wk rows — the one
     that weights.unpermute_rope_rows applies to GGUF files."""
-    from llm_deeper.weights import unpermute_rope_rows
+    from llm_deeper.pretrained.weights import unpermute_rope_rows
 
     inter = cfg_for("gqa", rope_pairing="interleaved")
     half = cfg_for("gqa")

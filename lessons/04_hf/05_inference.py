@@ -29,8 +29,8 @@ if not models.is_cached("smollm2-135m") or not shakespeare.is_cached():
 from llm_deeper.data.toolcalls import tool_calling_dataset  # noqa: E402
 from llm_deeper.hf.finetune import finetune  # noqa: E402
 from llm_deeper.hf.models import load, merge  # noqa: E402
-from llm_deeper.reply import parse_tool_calls  # noqa: E402
-from llm_deeper.tools import run_call, tools_system_prompt  # noqa: E402
+from llm_deeper.chat.reply import parse_tool_calls  # noqa: E402
+from llm_deeper.chat.tools import run_call, tools_system_prompt  # noqa: E402
 
 adapter = Path("runs/tools-lora/adapter")
 if QUICK or not (adapter / "adapter_config.json").is_file():

@@ -81,7 +81,7 @@ check("identical text scores 1", abs(bertscore(refs, refs)["bertscore_f1"] - 1) 
 from llm_deeper.data import load_text  # noqa: E402
 from llm_deeper.evaluation.perplexity import perplexity, torch_logprobs  # noqa: E402
 from llm_deeper.torch_engine.model import TorchGPT  # noqa: E402
-from llm_deeper.weights import load_gguf  # noqa: E402
+from llm_deeper.pretrained.weights import load_gguf  # noqa: E402
 
 pre = load_gguf(models.require("smollm2-135m"))
 fn = torch_logprobs(TorchGPT(pre.config, pre.params).eval())
@@ -102,7 +102,7 @@ check("every token after the first is scored once", res.tokens == len(ids) - 1)
 # %%
 from llm_deeper.data.toolcalls import tool_calling_dataset  # noqa: E402
 from llm_deeper.hf.toolcall_eval import score  # noqa: E402
-from llm_deeper.tools import format_call  # noqa: E402
+from llm_deeper.chat.tools import format_call  # noqa: E402
 
 ex = tool_calling_dataset(n_train=0, n_val=0, n_test=20)["test"]
 ex = [e for e in ex if e["calls"]][:2]

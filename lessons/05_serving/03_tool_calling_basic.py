@@ -34,8 +34,8 @@ if not models.is_cached("smollm2-135m"):
 
 from openai import OpenAI  # noqa: E402
 
-from llm_deeper.agents import function_schema  # noqa: E402
-from llm_deeper.tools import Tool, tools_system_prompt  # noqa: E402
+from llm_deeper.chat.agents import function_schema  # noqa: E402
+from llm_deeper.chat.tools import Tool, tools_system_prompt  # noqa: E402
 
 # %% [markdown]
 # ## A tool is a function and its JSON schema
@@ -68,7 +68,7 @@ check("the schema derived from the type hints == the one written by hand", deriv
 # %% [markdown]
 # ## What the model is shown
 #
-# The server puts this in front of the conversation (tools.py: `tools_system_prompt`):
+# The server puts this in front of the conversation (chat/tools.py: `tools_system_prompt`):
 
 # %%
 f = by_hand["function"]

@@ -4,7 +4,7 @@
 # An *agent* is a loop around the protocol of the previous lesson: ask; if the model calls
 # tools, run them (several at once when it asks for several), send every result back, errors
 # included, and ask again; stop when it answers or after `max_iterations` rounds
-# (src/llm_deeper/agents.py). It works with any OpenAI-compatible endpoint: ours, vLLM, or a
+# (src/llm_deeper/chat/agents.py). It works with any OpenAI-compatible endpoint: ours, vLLM, or a
 # hosted API.
 #
 # Pieces, each checked:
@@ -32,7 +32,7 @@ if not models.is_cached("smollm2-135m"):
 
 from openai import OpenAI  # noqa: E402
 
-from llm_deeper.agents import ToolRegistry, run_agent  # noqa: E402
+from llm_deeper.chat.agents import ToolRegistry, run_agent  # noqa: E402
 
 # %% [markdown]
 # ## A registry of typed functions

@@ -7,7 +7,7 @@
     trainer_state.json     step, RNG states, loss history, training settings
     loss_curve.png         the losses so far
 
-The directory is written to a temporary sibling and swapped into place (paths.atomic_dir), so a
+The directory is written to a temporary sibling and swapped into place (util/paths.py: atomic_dir), so a
 crash or Ctrl-C mid-write leaves the previous checkpoint intact.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import UserError
-from .paths import atomic_dir
+from .util.paths import atomic_dir
 
 
 def save_checkpoint(out_dir, cfg: ModelConfig, params: dict, tokenizer=None, *,

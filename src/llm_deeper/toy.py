@@ -14,7 +14,7 @@ from .numpy_engine.loss import IGNORE
 from .numpy_engine.model import GPT
 from .numpy_engine.optim import AdamW, clip_grad_norm
 from .numpy_engine.speed import tune_malloc
-from .progress import progress_bar
+from .util.progress import progress_bar
 from .train import lr_at
 
 

@@ -32,7 +32,7 @@ from .checkpoint import Checkpoint, load_checkpoint, read_tensors, save_checkpoi
 from .config import ModelConfig
 from .data.batching import Batcher
 from .errors import UserError
-from .progress import progress_bar
+from .util.progress import progress_bar
 
 
 @dataclass
@@ -129,7 +129,7 @@ def train(trainer: Trainer, tokenizer, train_ids: np.ndarray, val_ids: np.ndarra
     def save():
         if rank != 0:
             return
-        from .viz import plot_losses
+        from .util.viz import plot_losses
 
         params, opt_state, rng_state = trainer.state()
         state = {"step": step, "batch_rng": batches.state(), "dropout_rng": rng_state,

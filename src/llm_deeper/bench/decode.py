@@ -37,10 +37,10 @@ def run(model: str = "smollm2-135m", batch_sizes=(1, 8), new_tokens: int = 64, r
         device: str = "cpu", log=print) -> dict:
     import torch
 
-    from .. import models
+    from ..pretrained import models
     from ..torch_engine.generate import greedy_batch
     from ..torch_engine.model import TorchGPT
-    from ..weights import load_gguf
+    from ..pretrained.weights import load_gguf
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but no CUDA device is available here.")

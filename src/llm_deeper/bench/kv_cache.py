@@ -41,9 +41,9 @@ def run(lengths=(128, 256, 512, 1024, 2048), tokens: int = 4, out: str = "runs/b
         log=print) -> dict:
     import torch
 
-    from .. import models
+    from ..pretrained import models
     from ..torch_engine.model import TorchGPT, make_cache
-    from ..weights import load_gguf
+    from ..pretrained.weights import load_gguf
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

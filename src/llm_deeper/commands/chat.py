@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> None:
-    from ..chat import chat_loop
+    from ..chat.terminal import chat_loop
 
     engine = args.engine or ("hf" if args.adapter or Path(args.model).is_dir() else "torch")
     chat_loop(args.model, engine, sampling(args), system=args.system, adapter=args.adapter,

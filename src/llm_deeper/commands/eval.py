@@ -69,9 +69,9 @@ def _perplexity(args) -> int:
         model, tok = load_model(args.checkpoint)
         fn, ctx, name = numpy_logprobs(model), model.cfg.context_length, args.checkpoint
     else:
-        from ..models import gguf_file
+        from ..pretrained.models import gguf_file
         from ..torch_engine.model import TorchGPT
-        from ..weights import load_gguf
+        from ..pretrained.weights import load_gguf
 
         pre = load_gguf(gguf_file(args.model, "eval perplexity reads GGUF files"))
         tok, name = pre.tokenizer, args.model
@@ -129,7 +129,7 @@ def _eval_hf(args) -> int:
         del model
     print(metrics_table(report["results"]))
     if args.report:
-        from ..paths import atomic_write_text
+        from ..util.paths import atomic_write_text
 
         atomic_write_text(args.report, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
         print(f"report written to {args.report}", file=sys.stderr)

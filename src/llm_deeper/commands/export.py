@@ -16,7 +16,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..weights import export_hf, load_gguf
+    from ..pretrained.weights import export_hf, load_gguf
 
     if args.checkpoint:
         from ..checkpoint import load_checkpoint
@@ -26,7 +26,7 @@ def run(args) -> int:
         eos = special.get("<|endoftext|>")
         out = export_hf(args.out, cfg, params, tok, bos_id=eos, eos_id=eos)
     else:
-        from .. import models
+        from ..pretrained import models
 
         pre = load_gguf(models.gguf_file(args.model, "export reads GGUF files"))
         out = export_hf(args.out, pre.config, pre.params, pre.tokenizer,

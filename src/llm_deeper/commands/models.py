@@ -19,7 +19,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int | None:
-    from .. import models
+    from ..pretrained import models
 
     if args.models_command == "pull":
         print(f"{args.name}: {models.pull(args.name)}")

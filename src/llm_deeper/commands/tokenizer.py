@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..paths import atomic_write_text
+    from ..util.paths import atomic_write_text
     from ..tokenizers import BPETokenizer, load_tokenizer
 
     if args.tok_command == "train":
@@ -32,7 +32,7 @@ def run(args) -> int:
         atomic_write_text(args.out, tok.to_json())
         print(f"{tok.vocab_size} tokens ({len(tok.merges)} merges) written to {args.out}")
         return 0
-    from .. import models
+    from ..pretrained import models
 
     name = args.tokenizer  # a registry model's or GGUF's vocabulary, or a tokenizer.json
     tok = load_tokenizer(models.gguf_file(name) if name in models.REGISTRY else name)

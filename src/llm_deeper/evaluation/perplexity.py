@@ -48,7 +48,7 @@ def perplexity(token_logprobs: Callable, ids, window: int, stride: int | None = 
         raise UserError("perplexity needs at least two tokens.")
     total_nll, total_n, n_windows, prev_end = 0.0, 0, 0, 0
     starts = list(range(0, max(1, len(ids) - 1), stride))
-    from ..progress import progress_bar
+    from ..util.progress import progress_bar
 
     for begin in progress_bar(starts, desc="perplexity", enabled=progress):
         end = min(begin + window, len(ids))

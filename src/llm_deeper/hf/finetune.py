@@ -95,7 +95,7 @@ def finetune(model: str, rows: list[dict], out: str, *, method: str = "lora", st
     from trl import SFTConfig, SFTTrainer
 
     from ..data.sft import as_messages
-    from ..paths import atomic_dir
+    from ..util.paths import atomic_dir
     from .models import from_pretrained, save_model
 
     quant = check_method(method)

@@ -30,7 +30,7 @@ _KEY = re.compile(r"^(?:base_model\.model\.)?(.*?)\.layers\.(\d+)\.(.+)\.lora_([
 def peft_to_mlx_adapter(adapter_dir: str, out_dir: str) -> str:
     from safetensors.numpy import load_file, save_file
 
-    from ..paths import atomic_dir
+    from ..util.paths import atomic_dir
 
     src = Path(adapter_dir)
     cfg_path, weights_path = src / "adapter_config.json", src / "adapter_model.safetensors"

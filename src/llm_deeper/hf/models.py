@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import models
+from ..pretrained import models
 from ..errors import UserError
 
 
@@ -27,7 +27,7 @@ def hf_dir(model: str) -> str:
                         "chat, or export it first: llm-deeper models export-hf FILE --out DIR.")
     out = src.path.parent / "hf"
     if not (out / "config.json").is_file():
-        from ..weights import export_hf, load_gguf
+        from ..pretrained.weights import export_hf, load_gguf
 
         pre = load_gguf(src.path)
         export_hf(out, pre.config, pre.params, pre.tokenizer, chat_template=pre.chat_template,
@@ -78,7 +78,7 @@ def save_model(model, tok, out) -> None:
     """save_pretrained, atomically, with a config every consumer reads the same way."""
     import json
 
-    from ..paths import atomic_dir
+    from ..util.paths import atomic_dir
 
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)

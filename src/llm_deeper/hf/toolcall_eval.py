@@ -22,8 +22,8 @@ from __future__ import annotations
 import json
 import re
 
-from ..reply import parse_tool_calls
-from ..tools import run_call
+from ..chat.reply import parse_tool_calls
+from ..chat.tools import run_call
 
 
 def first_turn(example: dict) -> list[dict]:
@@ -37,7 +37,7 @@ def generate_batch(model, tok, conversations: list[list[dict]], max_new_tokens: 
                    batch_size: int = 8, progress: bool = False, desc: str = "generate") -> list[str]:
     """Greedy replies to each conversation (chat template + generation prompt)."""
     import torch
-    from ..progress import progress_bar
+    from ..util.progress import progress_bar
 
     side, tok.padding_side = tok.padding_side, "left"
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..paths import atomic_dir
+from ..util.paths import atomic_dir
 from .model import GPT
 
 ALL_LINEAR = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")

@@ -12,6 +12,6 @@
     launch.py         `llm-deeper serve`: engine + app + uvicorn (or `vllm serve`)
     process.py        the server as a child process, for lessons and tests
 
-Generated text is split into content, reasoning and tool calls by llm_deeper/reply.py, the
+Generated text is split into content, reasoning and tool calls by llm_deeper/chat/reply.py, the
 parser the chat loop and the evaluator use too.
 """

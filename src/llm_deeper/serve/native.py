@@ -241,7 +241,7 @@ def load_lora(path, cfg, dtype, device) -> dict:
     """A PEFT adapter as the native engine applies it: {weight: (A, B, scale)} as tensors."""
     import torch
 
-    from ..weights import read_peft_lora
+    from ..pretrained.weights import read_peft_lora
 
     return {n: (torch.from_numpy(A).to(device, dtype), torch.from_numpy(B).to(device, dtype), s)
             for n, (A, B, s) in read_peft_lora(path, cfg).items()}
@@ -249,9 +249,9 @@ def load_lora(path, cfg, dtype, device) -> dict:
 
 def load_native(model: str, device: str = "cpu"):
     """(TorchGPT, ServingTokenizer) for a registry name or a GGUF file."""
-    from ..models import gguf_file
+    from ..pretrained.models import gguf_file
     from ..torch_engine.model import TorchGPT
-    from ..weights import load_gguf
+    from ..pretrained.weights import load_gguf
 
     pre = load_gguf(gguf_file(model, "the native engine reads GGUF files"))
     tok = ServingTokenizer(pre.tokenizer, pre.chat_template, pre.eos_id)

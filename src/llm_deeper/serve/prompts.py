@@ -13,8 +13,8 @@ from .protocol import APIError, ChatRequest
 
 
 def render_messages(engine: Engine, req: ChatRequest) -> str:
-    from ..chat import render_chat
-    from ..tools import Tool, format_call, tools_system_prompt
+    from ..chat.template import render_chat
+    from ..chat.tools import Tool, format_call, tools_system_prompt
 
     msgs: list[dict] = []
     for m in req.messages:

@@ -11,7 +11,7 @@ import threading
 from typing import AsyncIterator
 
 from ..generation import TextStream
-from ..reply import DeltaParser, split_text
+from ..chat.reply import DeltaParser, split_text
 from .engine import Engine, GenRequest, Step
 from .protocol import new_id, now
 

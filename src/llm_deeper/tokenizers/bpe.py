@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 import regex
 
 from ..errors import UserError
-from ..progress import progress_bar
+from ..util.progress import progress_bar
 from .bytelevel import bytes_to_token, token_to_bytes
 from .pretokenize import GPT2_PATTERN, PATTERNS, PreTokenizer
 

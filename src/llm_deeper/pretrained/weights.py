@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ModelConfig
-from .errors import UserError
+from ..config import ModelConfig
+from ..errors import UserError
 
 GGUF_NAMES = {
     "attn_norm.weight": "norm1.weight", "attn_q.weight": "attn.wq", "attn_k.weight": "attn.wk",
@@ -71,7 +71,7 @@ def load_gguf(path, dtype=np.float32) -> Pretrained:
     """Read a Llama-architecture GGUF: config, dequantized float weights, tokenizer, template."""
     from gguf.quants import dequantize
 
-    from .tokenizers.pretrained import from_gguf, gguf_metadata, open_gguf
+    from ..tokenizers.pretrained import from_gguf, gguf_metadata, open_gguf
 
     path = Path(path)
     if not path.is_file():
@@ -175,7 +175,7 @@ def export_hf(out_dir, cfg: ModelConfig, params: dict, tokenizer=None, *, chat_t
 
     from safetensors.numpy import save_file
 
-    from .paths import atomic_dir
+    from ..util.paths import atomic_dir
 
     config = hf_config(cfg, bos_id, eos_id)
     tensors = {hf_name(k): np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()

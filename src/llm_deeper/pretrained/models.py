@@ -11,8 +11,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .paths import atomic_write_bytes, cache_dir, pip_download
+from ..errors import UserError
+from ..util.paths import atomic_write_bytes, cache_dir, pip_download
 
 
 @dataclass(frozen=True)

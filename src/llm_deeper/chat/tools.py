@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import UserError
+from ..errors import UserError
 
 
 @dataclass
@@ -117,7 +117,7 @@ def title_key(title: str) -> str:
 def count_word(title: str, word: str) -> str:
     """How often a word occurs (whole word, any case) in one of Shakespeare's works. The title is
     matched loosely (case, spaces, a leading 'The'); only corpus titles are read, never a path."""
-    from .data import shakespeare
+    from ..data import shakespeare
 
     key = title_key(str(title))
     try:

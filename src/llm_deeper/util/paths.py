@@ -81,7 +81,7 @@ def pip_download(requirement: str, dest: Path, *, source: bool = False) -> Path:
     import subprocess
     import sys
 
-    from .errors import UserError
+    from ..errors import UserError
 
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",

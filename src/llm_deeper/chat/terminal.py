@@ -1,39 +1,20 @@
-"""Chat: templates, engines and the terminal loop.
-
-The chat template is the model's own Jinja template (from its GGUF), rendered with the same
-options transformers uses (sandboxed, `trim_blocks`, `lstrip_blocks`), so a conversation becomes
-exactly the token ids that `tokenizer.apply_chat_template` gives (tests/test_pretrained.py).
-"""
+"""Chat in the terminal: a pretrained model behind any engine, the conversation rendered with its
+chat template (template.py), and the calls it makes run with the built-in tools (tools.py)."""
 
 from __future__ import annotations
 
 import json
 import sys
-from .errors import UserError
 
-
-def render_chat(template: str, messages: list[dict], add_generation_prompt: bool = True,
-                **extra) -> str:
-    try:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError:
-        raise UserError("chat templates need jinja2: 'uv sync --extra hf' or pip install "
-                        "jinja2.") from None
-
-    def raise_exception(message):
-        raise UserError(f"chat template: {message}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(template).render(messages=messages,
-                                            add_generation_prompt=add_generation_prompt, **extra)
+from ..errors import UserError
+from .template import render_chat
 
 
 def pretrained_engine(model: str, engine: str, adapter: str | None = None):
     """(next_logits, tokenizer, chat_template, stop_ids) for a registry name, a GGUF path or
     (engine hf) an HF directory or hub id, with an optional PEFT adapter (engine hf)."""
-    from .models import gguf_file, resolve
-    from .weights import load_gguf
+    from ..pretrained.models import gguf_file, resolve
+    from ..pretrained.weights import load_gguf
 
     if engine not in ("numpy", "torch", "hf"):
         raise UserError(f"--engine must be numpy, torch or hf, got '{engine}'.")
@@ -43,19 +24,19 @@ def pretrained_engine(model: str, engine: str, adapter: str | None = None):
     if engine == "hf":
         if src.kind == "gguf" and not adapter:
             return _hf_engine(src.path)
-        from .hf.models import engine as hf_engine
+        from ..hf.models import engine as hf_engine
 
         return hf_engine(model, adapter)
     pre = load_gguf(gguf_file(model, f"the {engine} engine reads GGUF files"))
     stop = [i for i in (pre.eos_id,) if i is not None]
     if engine == "numpy":
-        from .numpy_engine.generate import next_logits_fn
-        from .numpy_engine.model import GPT
+        from ..numpy_engine.generate import next_logits_fn
+        from ..numpy_engine.model import GPT
 
         fn = next_logits_fn(GPT(pre.config, pre.params))
     else:
-        from .torch_engine.generate import next_logits_fn
-        from .torch_engine.model import TorchGPT
+        from ..torch_engine.generate import next_logits_fn
+        from ..torch_engine.model import TorchGPT
 
         fn = next_logits_fn(TorchGPT(pre.config, pre.params).eval().fuse_for_inference())
     return fn, pre.tokenizer, pre.chat_template, stop
@@ -66,9 +47,9 @@ def _hf_engine(path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .hf.models import next_logits_fn
-    from .tokenizers import from_gguf
-    from .tokenizers.pretrained import gguf_metadata
+    from ..hf.models import next_logits_fn
+    from ..tokenizers import from_gguf
+    from ..tokenizers.pretrained import gguf_metadata
 
     meta = gguf_metadata(path)
     hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
@@ -87,7 +68,7 @@ def chat_loop(model: str, engine: str, params, system: str | None = None, inp=in
     holds <tool_call>s they are run, their results go back as `tool` messages and the model
     continues, at most max_tool_rounds times per request.
     """
-    from .generation import stream
+    from ..generation import stream
     from .reply import parse_tool_calls
     from .tools import run_call, tools_system_prompt
 
