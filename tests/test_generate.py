@@ -11,9 +11,16 @@ from llm_deeper.numpy_engine.model import GPT, KVCache
 from llm_deeper.sampling import SamplingParams, StopStrings, filter_logits, sample_token
 from llm_deeper.tokenizers import CharTokenizer
 
+MLA = dict(attention="mla", kv_lora_rank=12, qk_rope_head_dim=4, qk_nope_head_dim=8,
+           v_head_dim=6, position="rope")
 KINDS = [dict(position="learned"), dict(position="sinusoidal", n_kv_head=2),
          dict(position="rope", n_kv_head=1, norm="rmsnorm", activation="swiglu"),
-         dict(position="rope", n_kv_head=4, bias=True), dict(position="none", n_kv_head=2)]
+         dict(position="rope", n_kv_head=4, bias=True), dict(position="none", n_kv_head=2),
+         dict(position="rope", rope_pairing="interleaved", n_kv_head=2),
+         dict(position="alibi", n_kv_head=2, norm="rmsnorm"),
+         # MLA: the cache holds the latent c and the RoPE key k_pe (numpy_engine/mla.py)
+         dict(MLA, norm="rmsnorm", activation="swiglu"),
+         dict(MLA, q_lora_rank=10, rope_pairing="interleaved")]
 
 
 @pytest.mark.parametrize("kw", KINDS)
@@ -30,11 +37,12 @@ def test_cached_logits_equal_uncached(kw):
     assert cache.pos == 20
 
 
-def test_cached_and_uncached_generation_give_the_same_tokens():
+@pytest.mark.parametrize("kw", [{}, dict(MLA, qk_nope_head_dim=4, v_head_dim=4)])
+def test_cached_and_uncached_generation_give_the_same_tokens(kw):
     text = "abcdefgh ijklmnop qrstuvwxyz.\n" * 3
     tok = CharTokenizer.train(text)
     cfg = ModelConfig(vocab_size=tok.vocab_size, context_length=16, n_layer=2, n_head=2,
-                      d_model=16, position="rope")
+                      d_model=16, **{"position": "rope", **kw})
     model = GPT(cfg, seed=4)
     for p in (SamplingParams(max_tokens=40, temperature=0),
               SamplingParams(max_tokens=40, temperature=1.0, top_k=5, seed=3)):

@@ -1,6 +1,7 @@
 """The NumPy engine's hand-written backward passes against PyTorch autograd, in float64.
 
-Each layer alone, then the whole model over norm x activation x position x attention.
+Each layer alone, then the whole model over norm x activation x position x attention, then
+a few targeted models (interleaved RoPE, ALiBi). MLA has its own file (test_numpy_mla.py).
 Criterion: max |ours - autograd| / max |autograd| <= 1e-6 for every parameter and input.
 """
 
@@ -16,7 +17,9 @@ from llm_deeper.config import ModelConfig
 from llm_deeper.numpy_engine import attention, ffn, linear, loss, norms, positions
 from llm_deeper.numpy_engine.embedding import embedding_backward, embedding_forward
 from llm_deeper.numpy_engine.model import GPT
-from llm_deeper.torch_engine.model import apply_rope, forward
+from llm_deeper.torch_engine.context import StepContext
+from llm_deeper.torch_engine.model import forward
+from llm_deeper.torch_engine.positions import apply_rope
 
 TOL = 1e-6
 rng = np.random.default_rng(0)
@@ -57,14 +60,15 @@ def test_activation_backward(act):
     assert rel_err(y, ty.detach()) < TOL and rel_err(bwd(dy, cache), ta.grad) < TOL
 
 
-def test_rope_backward_is_inverse_rotation():
+@pytest.mark.parametrize("pairing", ["half", "interleaved"])
+def test_rope_backward_is_inverse_rotation(pairing):
     x, dy = rng.normal(size=(2, 3, 6, 8)), rng.normal(size=(2, 3, 6, 8))
     cos, sin = positions.rope_cos_sin(np.arange(6), 8, 10000.0, np.float64)
     tx = t(x)
-    ty = apply_rope(tx, torch.tensor(cos), torch.tensor(sin))
+    ty = apply_rope(tx, torch.tensor(cos), torch.tensor(sin), pairing)
     ty.backward(torch.tensor(dy))
-    assert rel_err(positions.rope_forward(x, cos, sin), ty.detach()) < TOL
-    assert rel_err(positions.rope_backward(dy, cos, sin), tx.grad) < TOL
+    assert rel_err(positions.rope_forward(x, cos, sin, pairing), ty.detach()) < TOL
+    assert rel_err(positions.rope_backward(dy, cos, sin, pairing), tx.grad) < TOL
 
 
 def test_linear_with_lora_backward():
@@ -97,24 +101,30 @@ def test_embedding_and_cross_entropy_backward():
     assert rel_err(loss.cross_entropy_backward(cache), tl.grad) < TOL
 
 
+POSITIONS = {"none": dict(position="none"), "rope": dict(position="rope"),
+             "interleaved": dict(position="rope", rope_pairing="interleaved"),
+             "alibi": dict(position="alibi")}
+
+
 @pytest.mark.parametrize("n_kv_head", [4, 2, 1])
-@pytest.mark.parametrize("rope", [False, True])
-def test_attention_backward(n_kv_head, rope):
+@pytest.mark.parametrize("pos", POSITIONS)
+def test_attention_backward(n_kv_head, pos):
+    from llm_deeper.torch_engine.attention import attention as torch_attention
+
     cfg = ModelConfig(vocab_size=10, context_length=6, n_layer=1, n_head=4, n_kv_head=n_kv_head,
-                      d_model=16, position="rope" if rope else "learned")
+                      d_model=16, **POSITIONS[pos])
     shapes = {"wq": (16, 16), "wk": (4 * n_kv_head, 16), "wv": (4 * n_kv_head, 16), "wo": (16, 16)}
     p = {"a." + k: rng.normal(size=s) * 0.3 for k, s in shapes.items()}
     x, dy = rng.normal(size=(2, 6, 16)), rng.normal(size=(2, 6, 16))
+    rope = cfg.position == "rope"
     table = positions.rope_cos_sin(np.arange(6), 4, 10000.0, np.float64) if rope else None
-    y, cache = attention.attention_forward(p, "a.", x, cfg, table)
+    y, cache = attention.attention_forward(cfg, x, p, "a.", rope=table)
     grads = {}
-    dx = attention.attention_backward(dy, cache, grads, cfg)
+    dx = attention.attention_backward(dy, cache, grads)
     tp = {k: t(v) for k, v in p.items()}
     tx = t(x)
-    from llm_deeper.torch_engine.attention import attention as _attention
-
     trope = tuple(map(torch.tensor, table)) if rope else None
-    ty = _attention(cfg, tx, tp, "a.", trope, {}, False, 0.0, False)
+    ty = torch_attention(cfg, tx, tp, "a.", 0, StepContext(rope=trope, use_sdpa=False))
     ty.backward(torch.tensor(dy))
     assert rel_err(y, ty.detach()) < TOL
     assert rel_err(dx, tx.grad) < TOL
@@ -137,15 +147,13 @@ COMBOS = list(itertools.product(["layernorm", "rmsnorm"], ["gelu", "relu", "swig
                                 ["learned", "sinusoidal", "rope", "none"], [4, 2, 1]))
 
 
-@pytest.mark.parametrize("norm,act,pos,kv", COMBOS)
-def test_model_gradients_match_autograd(norm, act, pos, kv):
-    variant = COMBOS.index((norm, act, pos, kv))
-    cfg = ModelConfig(vocab_size=13, context_length=8, n_layer=2, n_head=4, n_kv_head=kv,
-                      d_model=16, d_ff=24, norm=norm, activation=act, position=pos,
-                      bias=variant % 2 == 1, tie_embeddings=variant % 3 != 2)
-    model = GPT(cfg, seed=variant, dtype=np.float64)
-    r = np.random.default_rng(variant)
-    ids, targets = r.integers(0, 13, size=(2, 8)), r.integers(0, 13, size=(2, 8))
+def check_model_against_autograd(cfg, seed):
+    """loss and every parameter's gradient of the NumPy GPT against the torch engine's forward
+    under autograd, float64."""
+    model = GPT(cfg, seed=seed, dtype=np.float64)
+    r = np.random.default_rng(seed)
+    ids = r.integers(0, cfg.vocab_size, size=(2, cfg.context_length))
+    targets = r.integers(0, cfg.vocab_size, size=(2, cfg.context_length))
     targets[0, :3] = loss.IGNORE
     value, grads = model.loss_and_grads(ids, targets)
     tp = {k: t(v) for k, v in model.params.items()}
@@ -157,14 +165,40 @@ def test_model_gradients_match_autograd(norm, act, pos, kv):
         assert rel_err(grads[k], tp[k].grad) < TOL, k
 
 
+@pytest.mark.parametrize("norm,act,pos,kv", COMBOS)
+def test_model_gradients_match_autograd(norm, act, pos, kv):
+    variant = COMBOS.index((norm, act, pos, kv))
+    cfg = ModelConfig(vocab_size=13, context_length=8, n_layer=2, n_head=4, n_kv_head=kv,
+                      d_model=16, d_ff=24, norm=norm, activation=act, position=pos,
+                      bias=variant % 2 == 1, tie_embeddings=variant % 3 != 2)
+    check_model_against_autograd(cfg, variant)
+
+
+TARGETED = {  # position schemes outside the grid, each on a model it is used with
+    "interleaved-rope-llama": dict(norm="rmsnorm", activation="swiglu", position="rope",
+                                   rope_pairing="interleaved", n_kv_head=2),
+    "interleaved-rope-gpt2": dict(position="rope", rope_pairing="interleaved", bias=True),
+    "alibi-gqa": dict(position="alibi", n_kv_head=2, norm="rmsnorm", activation="swiglu"),
+    # 6 heads: slopes that are not powers of two
+    "alibi-mha-6-heads": dict(position="alibi", n_head=6, d_model=24, bias=True),
+}
+
+
+@pytest.mark.parametrize("name", TARGETED)
+def test_targeted_model_gradients_match_autograd(name):
+    kw = {**dict(vocab_size=13, context_length=8, n_layer=2, n_head=4, d_model=16, d_ff=24),
+          **TARGETED[name]}
+    check_model_against_autograd(ModelConfig(**kw), 100 + list(TARGETED).index(name))
+
+
 def test_sdpa_path_equals_explicit_path():
     cfg = ModelConfig(vocab_size=13, context_length=8, n_layer=2, n_head=4, n_kv_head=2,
                       d_model=16, position="rope", norm="rmsnorm", activation="swiglu")
     model = GPT(cfg, seed=3, dtype=np.float64)
     tp = {k: torch.tensor(v) for k, v in model.params.items()}
     ids = torch.randint(0, 13, (2, 8))
-    a, _ = forward(tp, cfg, ids, use_sdpa=False)
-    b, _ = forward(tp, cfg, ids, use_sdpa=True)
+    a, _ = forward(tp, cfg, ids, ctx=StepContext(use_sdpa=False))
+    b, _ = forward(tp, cfg, ids, ctx=StepContext(use_sdpa=True))
     assert rel_err(a, b) < 1e-10
 
 

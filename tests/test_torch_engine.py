@@ -207,8 +207,3 @@ def test_interleaved_rope_is_half_split_with_permuted_rows():
         a = TorchGPT(inter, params, dtype=torch.float64)(ids)[0]
         b = TorchGPT(half, permuted, dtype=torch.float64)(ids)[0]
     assert rel_err(a, b) < 1e-12
-
-
-def test_numpy_engine_names_what_it_lacks():
-    with pytest.raises(UserError, match="does not implement multi-head latent attention"):
-        GPT(cfg_for("mha", **MLA))

@@ -63,7 +63,7 @@ O = P @ V
 print("output (before the output projection):\n", O)
 cfg = ModelConfig(vocab_size=2, context_length=T, n_layer=1, n_head=1, d_model=d)
 params = {"a.wq": Wq, "a.wk": Wk, "a.wv": Wv, "a.wo": np.eye(d)}
-y, _ = attention_forward(params, "a.", x[None], cfg)
+y, _ = attention_forward(cfg, x[None], params, "a.")
 check("numpy_engine.attention gives the same output", np.allclose(y[0], O))
 
 # %% [markdown]

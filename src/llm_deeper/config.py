@@ -33,7 +33,7 @@ class ModelConfig:
     norm: str = "layernorm"
     activation: str = "gelu"
     position: str = "learned"
-    attention: str = "mha"  # mha|gqa|mqa (names for n_kv_head) or mla (torch engine)
+    attention: str = "mha"  # mha|gqa|mqa (names for n_kv_head) or mla (latent attention)
     tie_embeddings: bool = True
     bias: bool = False
     rope_theta: float = 10000.0

@@ -10,10 +10,25 @@ B starts at zero, so training starts from exactly the base model.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
+
 from ..params import bias_name
 
 
-def linear_forward(x, w, b=None, lora=None):
+class LinearCache(NamedTuple):
+    """What the backward pass of y = x W^T + b (+ s (x A^T) B^T) needs."""
+
+    x: np.ndarray  # (..., in) the input
+    w: np.ndarray  # (out, in)
+    has_bias: bool  # whether b exists (then db = sum(dy))
+    lora: tuple | None  # (A, B, s) or None
+    h: np.ndarray | None  # (..., r) x A^T, the LoRA path's hidden state
+    name: str = ""  # the weight's name in the parameter dict (dense_forward), or ""
+
+
+def linear_forward(x, w, b=None, lora=None, name: str = ""):
     # Flatten the leading axes first: one (B*T, in) x (in, out) GEMM is far faster than NumPy's
     # batched matmul over B separate (T, in) matrices.
     lead = x.shape[:-1]
@@ -25,18 +40,18 @@ def linear_forward(x, w, b=None, lora=None):
         a, bb, scale = lora
         h = x @ a.T  # (..., r)
         y = y + (scale * h) @ bb.T
-    return y, (x, w, lora, h, b is not None)
+    return y, LinearCache(x, w, b is not None, lora, h, name)
 
 
-def linear_backward(dy, cache, need_w: bool = True):
-    """Returns dx, dW (None if frozen), db, (dA, dB) or None."""
-    x, w, lora, h, has_bias = cache
+def linear_backward(dy, cache: LinearCache, need_w: bool = True):
+    """Returns dx, dW (None if not needed), db (None without bias), (dA, dB) or None."""
+    x, w, lora, h = cache.x, cache.w, cache.lora, cache.h
     d_out, d_in = w.shape
     dy2 = dy.reshape(-1, d_out)
     x2 = x.reshape(-1, d_in)
     dx = (dy2 @ w).reshape(x.shape)
     dw = dy2.T @ x2 if need_w else None
-    db = dy2.sum(0) if has_bias else None
+    db = dy2.sum(0) if cache.has_bias else None
     dlora = None
     if lora is not None:
         a, bb, scale = lora
@@ -51,17 +66,17 @@ def linear_backward(dy, cache, need_w: bool = True):
 
 def dense_forward(p: dict, name: str, x, lora: dict):
     """The linear layer whose weight is p[name] (bias and LoRA looked up by name)."""
-    y, cache = linear_forward(x, p[name], p.get(bias_name(name)), lora.get(name))
-    return y, (name, cache)
+    return linear_forward(x, p[name], p.get(bias_name(name)), lora.get(name), name)
 
 
-def dense_backward(dy, cache, grads: dict, frozen=frozenset()):
-    """Writes d(weight), d(bias) and LoRA gradients into `grads`; returns dx."""
-    name, c = cache
-    dx, dw, db, dlora = linear_backward(dy, c, need_w=name not in frozen)
+def dense_backward(dy, cache: LinearCache, grads: dict, frozen=frozenset()):
+    """Writes d(weight), d(bias) and LoRA gradients into `grads` under the layer's names;
+    returns dx."""
+    name = cache.name
+    dx, dw, db, dlora = linear_backward(dy, cache, need_w=name not in frozen)
     if dw is not None:
         grads[name] = dw
-    if c[4]:
+    if db is not None:
         grads[bias_name(name)] = db
     if dlora is not None:
         grads[name + ".lora_A"], grads[name + ".lora_B"] = dlora

@@ -21,7 +21,8 @@ from ..errors import UserError
 from ..util.paths import atomic_dir
 from .model import GPT
 
-ALL_LINEAR = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+# every projection a LoRA adapter can target: attention (MHA/GQA/MQA, or MLA's), then the FFN
+ALL_LINEAR = ("wq", "wk", "wv", "wo", "wq_a", "wq_b", "wkv_a", "wkv_b", "w1", "w2", "w3")
 
 
 @dataclass

@@ -4,57 +4,105 @@
     for each block:  x = x + Attention(Norm1(x));  x = x + FFN(Norm2(x))
     logits = NormF(x) @ W_head^T                            (B, T, vocab_size)
 
-`forward` keeps what `backward` needs; `backward` walks the same steps in reverse, each layer's
-backward from its own file, and returns a gradient for every trainable parameter.
+Attention is attention.py (MHA, GQA, MQA; RoPE or ALiBi inside) or mla.py (multi-head latent
+attention). `forward` keeps what `backward` needs (one BlockCache per layer, one ForwardCache in
+all); `backward` walks the same steps in reverse, each layer's backward from its own file, and
+returns a gradient for every trainable parameter.
 """
 
 from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 
 from ..config import ModelConfig
 from ..params import init_params, param_shapes  # noqa: F401 (param_shapes: re-exported)
-from .attention import attention_backward, attention_forward
+from .attention import AttentionCache, attention_backward, attention_forward
 from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward
-from .ffn import ffn_backward, ffn_forward
-from .loss import cross_entropy_backward, cross_entropy_forward
-from .norms import NORMS
+from .ffn import MLPCache, SwiGLUCache, ffn_backward, ffn_forward
+from .loss import CrossEntropyCache, cross_entropy_backward, cross_entropy_forward
+from .mla import MLACache, mla_backward, mla_forward
+from .norms import NormCache, norm_backward, norm_forward
 from .positions import rope_cos_sin, sinusoidal_table
 
 
 class KVCache:
-    """Keys and values of every layer for positions seen so far: (B, n_kv_head, max_len, head_dim)."""
+    """What generation keeps of the positions seen so far, for every layer: keys and values
+    (B, n_kv_head, max_len, head_dim), or for MLA the latent c (B, max_len, kv_lora_rank) and
+    the shared RoPE key k_pe (B, max_len, qk_rope_head_dim) (mla.py)."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int | None = None,
                  dtype=np.float32):
         n = max_len or cfg.context_length
-        shape = (batch_size, cfg.n_kv_head, n, cfg.head_dim)
-        self.k = [np.zeros(shape, dtype) for _ in range(cfg.n_layer)]
-        self.v = [np.zeros(shape, dtype) for _ in range(cfg.n_layer)]
+        L = cfg.n_layer
+        self.k, self.v, self.c, self.k_pe = [], [], [], []
+        if cfg.attention == "mla":
+            self.c = [np.zeros((batch_size, n, cfg.kv_lora_rank), dtype) for _ in range(L)]
+            self.k_pe = [np.zeros((batch_size, n, cfg.qk_rope_head_dim), dtype) for _ in range(L)]
+        else:
+            shape = (batch_size, cfg.n_kv_head, n, cfg.head_dim)
+            self.k = [np.zeros(shape, dtype) for _ in range(L)]
+            self.v = [np.zeros(shape, dtype) for _ in range(L)]
+        self.bytes_per_position = (batch_size * cfg.kv_cache_numbers_per_token()
+                                   * np.dtype(dtype).itemsize)
         self.max_len = n
         self.pos = 0
 
+    def store(self, layer: int, pos0: int, k, v):
+        """k, v: (B, n_kv_head, T, head_dim) at pos0..; returns the layer's keys/values so far."""
+        T = k.shape[2]
+        self.k[layer][:, :, pos0:pos0 + T] = k
+        self.v[layer][:, :, pos0:pos0 + T] = v
+        return self.k[layer][:, :, :pos0 + T], self.v[layer][:, :, :pos0 + T]
+
+    def store_latent(self, layer: int, pos0: int, c, k_pe):
+        """MLA: c (B, T, kv_lora_rank), k_pe (B, T, qk_rope_head_dim) at pos0..; returns the
+        layer's latents and RoPE keys so far."""
+        T = c.shape[1]
+        self.c[layer][:, pos0:pos0 + T] = c
+        self.k_pe[layer][:, pos0:pos0 + T] = k_pe
+        return self.c[layer][:, :pos0 + T], self.k_pe[layer][:, :pos0 + T]
+
     def nbytes(self) -> int:
-        return 2 * self.pos * sum(k[:, :, :1].nbytes for k in self.k)
+        """Bytes of the filled positions."""
+        return self.pos * self.bytes_per_position
+
+
+class BlockCache(NamedTuple):
+    """One block's forward, kept for its backward."""
+
+    norm1: NormCache
+    attn: AttentionCache | MLACache
+    drop_attn: np.ndarray | None  # dropout's mask on the attention branch
+    norm2: NormCache
+    ffn: MLPCache | SwiGLUCache
+    drop_ffn: np.ndarray | None
+
+
+class ForwardCache(NamedTuple):
+    """The whole forward pass, kept for backward()."""
+
+    ids: np.ndarray  # (B, T)
+    drop_emb: np.ndarray | None  # dropout's mask on the embeddings
+    blocks: list  # [BlockCache] per layer
+    norm_f: NormCache
+    h: np.ndarray  # (B, T, d_model) NormF(x), the LM head's input
+    loss: CrossEntropyCache
 
 
 class GPT:
+    mla_absorb = False  # MLA only: inference through the absorbed (latent) path, mla.py
+
     def __init__(self, cfg: ModelConfig, params: dict | None = None, seed: int = 0,
                  dtype=np.float32):
-        from ..errors import UserError
-
-        lacking = [f for f, on in (("multi-head latent attention (mla)", cfg.attention == "mla"),
-                                   ("ALiBi positions", cfg.position == "alibi"),
-                                   ("interleaved RoPE", cfg.rope_pairing != "half")) if on]
-        if lacking:
-            raise UserError(f"the NumPy engine does not implement {lacking[0]}; use the torch "
-                            "engine (--engine torch) for this model.")
         self.cfg = cfg
         self.params = params if params is not None else init_params(cfg, seed, dtype)
         self.lora: dict[str, tuple] = {}  # weight name -> (A, B, scale); see lora.py
         self.frozen: frozenset[str] = frozenset()  # names that get no gradient
-        self._cache = None
+        self._cache: ForwardCache | None = None
         self._rope_tables: dict = {}
 
     @property
@@ -70,7 +118,7 @@ class GPT:
             if len(self._rope_tables) > 64:
                 self._rope_tables.clear()
             pos = np.arange(pos0, pos0 + T)
-            self._rope_tables[key] = rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta,
+            self._rope_tables[key] = rope_cos_sin(pos, self.cfg.rope_dim, self.cfg.rope_theta,
                                                   self.dtype)
         return self._rope_tables[key]
 
@@ -92,88 +140,65 @@ class GPT:
         ids = np.asarray(ids)
         B, T = ids.shape
         pos0 = kv_cache.pos if kv_cache is not None else 0
-        if pos0 + T > cfg.context_length:
-            from ..errors import UserError
-
-            raise UserError(f"the sequence ({pos0 + T} tokens) is longer than the model's "
-                            f"context_length ({cfg.context_length}); shorten the prompt or "
-                            "--max-tokens.")
-        if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
-            from ..errors import UserError
-
-            bad = int(ids.max() if ids.max() >= cfg.vocab_size else ids.min())
-            raise UserError(f"token id {bad} is outside the vocabulary (0..{cfg.vocab_size - 1}).")
+        cfg.check_input(ids, pos0)
         lora = self._lora_view()
-        norm_f, _ = NORMS[cfg.norm]
+        attention = (partial(mla_forward, absorb=self.mla_absorb and not keep)
+                     if cfg.attention == "mla" else attention_forward)
         x, _ = embedding_forward(ids, p["wte"])
         if cfg.position == "learned":
             x = x + p["wpe"][pos0:pos0 + T]
         elif cfg.position == "sinusoidal":
             x = x + sinusoidal_table(pos0 + T, cfg.d_model, dtype=x.dtype)[pos0:]
-        x, emb_mask = dropout_forward(x, cfg.dropout, rng)
+        x, drop_emb = dropout_forward(x, cfg.dropout, rng)
         rope = self._rope(pos0, T)
-        caches = []
+        blocks = []
         for i in range(cfg.n_layer):
             pre = f"h.{i}."
-            h, cn1 = norm_f(x, p[pre + "norm1.weight"], p.get(pre + "norm1.bias"), cfg.norm_eps)
-            a, ca = attention_forward(p, pre + "attn.", h, cfg, rope, lora, kv_cache, i, pos0, rng)
-            a, da = dropout_forward(a, cfg.dropout, rng)
+            h, norm1 = norm_forward(cfg, x, p, pre + "norm1")
+            a, attn = attention(cfg, h, p, pre + "attn.", rope=rope, lora=lora, cache=kv_cache,
+                                layer=i, pos0=pos0, rng=rng)
+            a, drop_attn = dropout_forward(a, cfg.dropout, rng)
             x = x + a
-            h, cn2 = norm_f(x, p[pre + "norm2.weight"], p.get(pre + "norm2.bias"), cfg.norm_eps)
-            f, cf = ffn_forward(p, pre + "ffn.", h, cfg.activation, lora)
-            f, df = dropout_forward(f, cfg.dropout, rng)
+            h, norm2 = norm_forward(cfg, x, p, pre + "norm2")
+            f, ffn = ffn_forward(cfg, h, p, pre + "ffn.", lora)
+            f, drop_ffn = dropout_forward(f, cfg.dropout, rng)
             x = x + f
-            caches.append((cn1, ca, da, cn2, cf, df))
-        h, cnf = norm_f(x, p["norm_f.weight"], p.get("norm_f.bias"), cfg.norm_eps)
-        W = self.head_weight()
-        logits = h @ W.T  # (B, T, V)
+            blocks.append(BlockCache(norm1, attn, drop_attn, norm2, ffn, drop_ffn))
+        h, norm_f = norm_forward(cfg, x, p, "norm_f")
+        logits = h @ self.head_weight().T  # (B, T, V)
         if kv_cache is not None:
             kv_cache.pos += T
         loss, closs = (None, None)
         if targets is not None:
             loss, closs = cross_entropy_forward(logits, np.asarray(targets))
-        self._cache = (ids, emb_mask, caches, cnf, h, closs) if keep else None
+        self._cache = ForwardCache(ids, drop_emb, blocks, norm_f, h, closs) if keep else None
         return logits, loss
 
     # ------------------------------------------------------------------------ backward
     def backward(self, scale: float = 1.0) -> dict[str, np.ndarray]:
         """Gradients of (scale * loss) of the last forward(..., keep=True) call."""
-        if self._cache is None or self._cache[-1] is None:
+        if self._cache is None or self._cache.loss is None:
             raise RuntimeError("backward() needs a forward(ids, targets, keep=True) first")
-        cfg, p, frozen = self.cfg, self.params, self.frozen
-        ids, emb_mask, caches, cnf, h, closs = self._cache
-        _, norm_b = NORMS[cfg.norm]
+        cfg, p, frozen, fc = self.cfg, self.params, self.frozen, self._cache
+        attention_bwd = mla_backward if cfg.attention == "mla" else attention_backward
         grads: dict[str, np.ndarray] = {}
-
-        def put_norm(name, dw, db):
-            grads[name + ".weight"] = dw
-            if db is not None and name + ".bias" in p:
-                grads[name + ".bias"] = db
-
-        dlogits = cross_entropy_backward(closs, scale)  # (B, T, V)
+        dlogits = cross_entropy_backward(fc.loss, scale)  # (B, T, V)
         V, d = self.head_weight().shape
-        dW_head = dlogits.reshape(-1, V).T @ h.reshape(-1, d)
+        dW_head = dlogits.reshape(-1, V).T @ fc.h.reshape(-1, d)
         dx = dlogits @ self.head_weight()
-        dx, dw, db = norm_b(dx, cnf)
-        put_norm("norm_f", dw, db)
-        for i in reversed(range(cfg.n_layer)):
-            pre = f"h.{i}."
-            cn1, ca, da, cn2, cf, df = caches[i]
-            dh = ffn_backward(dropout_backward(dx, df), cf, grads, frozen)
-            dh, dw, db = norm_b(dh, cn2)
-            put_norm(pre + "norm2", dw, db)
-            dx = dx + dh
-            dh = attention_backward(dropout_backward(dx, da), ca, grads, cfg, frozen)
-            dh, dw, db = norm_b(dh, cn1)
-            put_norm(pre + "norm1", dw, db)
-            dx = dx + dh
-        dx = dropout_backward(dx, emb_mask)
+        dx = norm_backward(dx, fc.norm_f, grads)
+        for c in reversed(fc.blocks):
+            dh = ffn_backward(dropout_backward(dx, c.drop_ffn), c.ffn, grads, frozen)
+            dx = dx + norm_backward(dh, c.norm2, grads)
+            dh = attention_bwd(dropout_backward(dx, c.drop_attn), c.attn, grads, frozen)
+            dx = dx + norm_backward(dh, c.norm1, grads)
+        dx = dropout_backward(dx, fc.drop_emb)
         if cfg.position == "learned":
-            T = ids.shape[1]
+            T = fc.ids.shape[1]
             dwpe = np.zeros_like(p["wpe"])
             dwpe[:T] = dx.sum(0)
             grads["wpe"] = dwpe
-        dwte = embedding_backward(dx, ids, cfg.vocab_size)
+        dwte = embedding_backward(dx, fc.ids, cfg.vocab_size)
         if cfg.tie_embeddings:
             grads["wte"] = dwte + dW_head
         else:

@@ -56,6 +56,14 @@ class StepContext:
     def linear(self, x, p, name):
         return linear(x, p, name, self.lora)
 
+    def weight(self, p, name):
+        """The weight matrix itself, with its LoRA update folded in (W + scale * B A) when an
+        adapter targets it: for a layer that uses its weight other than as x W^T (MLA's
+        up-projections, which it splits per head and may absorb into the queries)."""
+        if name in self.lora:
+            return p[name] + self.lora[name] * (p[name + ".lora_B"] @ p[name + ".lora_A"])
+        return p[name]
+
     def attend(self, cfg, layer: int, q, k, v):
         """q: (B, H, T, hd), k, v: (B, KV, T, hd) of the new tokens -> (B, H, T, hd): keys and
         values go into the cache, and each query attends to the keys it may see."""

@@ -76,7 +76,7 @@ def mla_attention(cfg, x, p, prefix: str, layer: int, ctx):
         c, k_pe = ctx.cache.store(layer, ctx.pos0, c, k_pe)
     S = c.shape[1]
     scale = 1.0 / math.sqrt(dn + dr)
-    W = p[prefix + "wkv_b"].view(H, dn + dv, dc)
+    W = ctx.weight(p, prefix + "wkv_b").view(H, dn + dv, dc)  # up-projections (+ LoRA)
     W_uk, W_uv = W[:, :dn], W[:, dn:]  # (H, dn, dc), (H, dv, dc)
     args = (ctx.pos0, ctx.use_sdpa, ctx.dropout, ctx.training)
     if ctx.mla_absorb:

@@ -151,6 +151,9 @@ class PagedContext(StepContext):
     def end(self, T: int) -> None:
         pass  # the engine counts what each request has cached
 
+    def weight(self, p, name):
+        return p[name]  # paged steps run no MLA (check_supported), the only caller
+
     def linear(self, x, p, name):
         """x W^T (+ bias) for every row, then each adapter's scale * B A x on its own rows."""
         y = linear(x, p, name, {})
