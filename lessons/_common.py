@@ -15,4 +15,4 @@ def check(name: str, ok: bool) -> None:
 
 
 # `with Server(*serve_args) as base_url: ...`: `llm-deeper serve` on a free loopback port
-from llm_deeper.serve.process import ServerProcess as Server  # noqa: E402, F401
+from llm_deeper.serve.process import ServerProcess as Server  # noqa: F401 (re-exported for the lessons)

@@ -56,9 +56,9 @@ def pytest_sessionstart(session):
     command that fetches them."""
     if os.environ.get("LLM_DEEPER_NO_PULL"):
         return
-    from llm_deeper.pretrained import models
     from llm_deeper.data import shakespeare
     from llm_deeper.errors import UserError
+    from llm_deeper.pretrained import models
 
     for what, pull in (("Shakespeare", shakespeare.pull_shakespeare),
                        ("SmolLM2-135M", lambda: models.pull("smollm2-135m"))):

@@ -24,15 +24,16 @@ import numpy as np
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+from llm_deeper.config import ModelConfig
+from llm_deeper.numpy_engine.generate import greedy_batch as numpy_greedy
+from llm_deeper.numpy_engine.model import GPT, KVCache
+from llm_deeper.params import bias_name, check_params, param_shapes
+from llm_deeper.torch_engine.generate import greedy_batch as torch_greedy
+from llm_deeper.torch_engine.model import TorchGPT, make_cache
 
-from conftest import rel_err  # noqa: E402
-from llm_deeper.config import ModelConfig  # noqa: E402
-from llm_deeper.numpy_engine.generate import greedy_batch as numpy_greedy  # noqa: E402
-from llm_deeper.numpy_engine.model import GPT, KVCache  # noqa: E402
-from llm_deeper.params import bias_name, check_params, param_shapes  # noqa: E402
-from llm_deeper.torch_engine.generate import greedy_batch as torch_greedy  # noqa: E402
-from llm_deeper.torch_engine.model import TorchGPT, make_cache  # noqa: E402
+from conftest import rel_err
+
+transformers = pytest.importorskip("transformers")
 
 V, CTX = 97, 32  # vocabulary and context of every model here
 T_FULL, T_PROMPT, N_NEW = CTX, 8, 16  # full-sequence length; greedy: prompt + new tokens
@@ -155,8 +156,8 @@ LLAMA_LAYER = {  # HF name inside model.layers.{i}. -> ours inside h.{i}.
 def llama_to_ours(model, n_layer: int, tied: bool) -> dict:
     """Llama -> our names: nn.Linear on both sides, so no transposes. HF's q_proj/k_proj rows are
     in half-split RoPE order (feature i rotates with i + head_dim/2), which is our rope_pairing
-    "half": no row permutation (that is only for llama.cpp's GGUF, see pretrained/weights.py). SwiGLU: gate
-    -> w1, up -> w3, down -> w2."""
+    "half": no row permutation (that is only for llama.cpp's GGUF, see pretrained/weights.py).
+    SwiGLU: gate -> w1, up -> w3, down -> w2."""
     w = _Weights(model)
     p = {"wte": w("model.embed_tokens.weight"), "norm_f.weight": w("model.norm.weight")}
     for i in range(n_layer):
@@ -295,10 +296,10 @@ class Engine:
         B, T = ids.shape
         if self.kind == "numpy":
             cache = KVCache(self.m.cfg, B, dtype=np.float64)
-            run = lambda x: self.m.forward(x.numpy(), kv_cache=cache)[0]  # noqa: E731
+            run = lambda x: self.m.forward(x.numpy(), kv_cache=cache)[0]
         else:
             cache = make_cache(self.m.cfg, B, dtype=torch.float64)
-            run = lambda x: self.m(x, cache=cache)[0].numpy()  # noqa: E731
+            run = lambda x: self.m(x, cache=cache)[0].numpy()
         with torch.no_grad():
             parts = [run(ids[:, :k])] + [run(ids[:, t:t + 1]) for t in range(k, T)]
         return np.concatenate(parts, axis=1)

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from conftest import shakespeare_or_skip
 from llm_deeper.data import Batcher, load_text, split_train_val
 from llm_deeper.errors import UserError
+
+from conftest import shakespeare_or_skip
 
 
 def test_works_corpus_matches_the_protocol():

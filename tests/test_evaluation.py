@@ -84,8 +84,9 @@ def test_a_window_covering_the_text_is_one_pass(model):
 
 
 def test_torch_and_numpy_agree(model):
-    from llm_deeper.torch_engine.model import TorchGPT
     import torch
+
+    from llm_deeper.torch_engine.model import TorchGPT
 
     t = TorchGPT(model.cfg, model.params, dtype=torch.float64).eval()
     ids = np.random.default_rng(3).integers(0, 23, 50)

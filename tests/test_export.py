@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import smollm2_or_skip
 from llm_deeper.config import ModelConfig
 from llm_deeper.errors import UserError
 from llm_deeper.numpy_engine.model import GPT
+from llm_deeper.pretrained.weights import export_hf, load_gguf
 from llm_deeper.tokenizers import BPETokenizer
 from llm_deeper.torch_engine.model import TorchGPT
-from llm_deeper.pretrained.weights import export_hf, load_gguf
+
+from conftest import smollm2_or_skip
 
 
 def test_exported_smollm2_loads_in_transformers(tmp_path):
@@ -46,7 +47,7 @@ def test_trained_checkpoint_exports_through_the_cli(tmp_path):
     text = "".join(f"Line {i}: the quick brown fox {i % 7}.\n" for i in range(300))
     (tmp_path / "t.txt").write_text(text)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "llm_deeper", *a], cwd=tmp_path,  # noqa
+    run = lambda *a: subprocess.run([sys.executable, "-m", "llm_deeper", *a], cwd=tmp_path,
                                     env=env, capture_output=True, text=True, timeout=600)
     r = run("train", "--preset", "small", "--data", "t.txt", "--tokenizer", "bpe:300",
             "--steps", "5", "--context-length", "32", "--d-model", "32", "--n-layer", "2",

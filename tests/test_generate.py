@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 
-from conftest import rel_err
 from llm_deeper.config import ModelConfig
 from llm_deeper.errors import UserError
 from llm_deeper.numpy_engine.generate import generate, greedy_batch, stream
 from llm_deeper.numpy_engine.model import GPT, KVCache
 from llm_deeper.sampling import SamplingParams, StopStrings, filter_logits, sample_token
 from llm_deeper.tokenizers import CharTokenizer
+
+from conftest import rel_err
 
 MLA = dict(attention="mla", kv_lora_rank=12, qk_rope_head_dim=4, qk_nope_head_dim=8,
            v_head_dim=6, position="rope")

@@ -3,8 +3,9 @@ cannot run. (The runs themselves: tests/test_hf_pipeline.py.)"""
 
 import pytest
 
-from conftest import smollm2_or_skip
 from llm_deeper.errors import UserError
+
+from conftest import smollm2_or_skip
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from conftest import shakespeare_or_skip, smollm2_or_skip, torchrun
 from llm_deeper.cli import main
+
+from conftest import shakespeare_or_skip, smollm2_or_skip, torchrun
 
 
 def assistant_loss(model, tok, rows) -> float:

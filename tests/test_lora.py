@@ -4,14 +4,22 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import rel_err
 from llm_deeper.config import ModelConfig
 from llm_deeper.errors import UserError
-from llm_deeper.numpy_engine.lora import (LoraConfig, add_lora, adapter_tensors, load_adapter,
-                                          merge, save_adapter, unmerge)
+from llm_deeper.numpy_engine.lora import (
+    LoraConfig,
+    adapter_tensors,
+    add_lora,
+    load_adapter,
+    merge,
+    save_adapter,
+    unmerge,
+)
 from llm_deeper.numpy_engine.model import GPT
 from llm_deeper.torch_engine.context import StepContext
 from llm_deeper.torch_engine.model import forward
+
+from conftest import rel_err
 
 CFG = ModelConfig(vocab_size=13, context_length=8, n_layer=2, n_head=4, n_kv_head=2, d_model=16,
                   d_ff=24, norm="rmsnorm", activation="swiglu", position="rope")

@@ -11,12 +11,11 @@ import torch
 
 from llm_deeper.config import preset
 from llm_deeper.sampling import SamplingParams
-from llm_deeper.serve.engine import GenRequest
 from llm_deeper.serve.block_manager import BlockManager
-from llm_deeper.serve.native import NativeEngine
+from llm_deeper.serve.engine import GenRequest
+from llm_deeper.serve.native import NativeEngine, load_lora
 from llm_deeper.serve.scheduler import Scheduler, Sequence
 from llm_deeper.torch_engine.model import TorchGPT
-from llm_deeper.serve.native import load_lora
 from llm_deeper.torch_engine.paged import PagedKVCache, SeqSlice, packed_forward
 
 V = 50
@@ -127,7 +126,7 @@ def test_preemption_when_blocks_run_out_keeps_every_answer():
 def test_scheduler_admits_by_blocks_and_preempts_the_newest():
     blocks = BlockManager(num_blocks=4, block_size=4)
     s = Scheduler(blocks, max_num_seqs=8)
-    mk = lambda n: Sequence(GenRequest(list(range(n)), SamplingParams()), list(range(n)), n)  # noqa: E731
+    mk = lambda n: Sequence(GenRequest(list(range(n)), SamplingParams()), list(range(n)), n)
     a, b, c = mk(7), mk(8), mk(3)  # 2 + 2 blocks; c does not fit
     for x in (a, b, c):
         s.add(x)

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import rel_err
 from llm_deeper.config import ModelConfig
 from llm_deeper.numpy_engine import attention, ffn, linear, loss, norms, positions
 from llm_deeper.numpy_engine.embedding import embedding_backward, embedding_forward
@@ -20,6 +19,8 @@ from llm_deeper.numpy_engine.model import GPT
 from llm_deeper.torch_engine.context import StepContext
 from llm_deeper.torch_engine.model import forward
 from llm_deeper.torch_engine.positions import apply_rope
+
+from conftest import rel_err
 
 TOL = 1e-6
 rng = np.random.default_rng(0)

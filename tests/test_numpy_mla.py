@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import rel_err
 from llm_deeper.config import ModelConfig
 from llm_deeper.numpy_engine import loss
 from llm_deeper.numpy_engine import model as numpy_model
@@ -21,6 +20,8 @@ from llm_deeper.numpy_engine.model import GPT, KVCache
 from llm_deeper.torch_engine.context import StepContext
 from llm_deeper.torch_engine.model import TorchGPT, forward
 from llm_deeper.torch_engine.positions import rope_cos_sin as torch_rope_cos_sin
+
+from conftest import rel_err
 
 TOL = 1e-6
 MLA = dict(attention="mla", kv_lora_rank=12, qk_rope_head_dim=4, qk_nope_head_dim=8,

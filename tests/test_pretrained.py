@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import smollm2_or_skip
 from llm_deeper.chat.template import render_chat
 from llm_deeper.numpy_engine.generate import greedy_batch as np_greedy
 from llm_deeper.numpy_engine.model import GPT
+from llm_deeper.pretrained.weights import load_gguf
 from llm_deeper.torch_engine.generate import greedy_batch as torch_greedy
 from llm_deeper.torch_engine.model import TorchGPT
-from llm_deeper.pretrained.weights import load_gguf
+
+from conftest import smollm2_or_skip
 
 PROMPTS = ["The capital of France is",
            "<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n<|im_start|>assistant\n",

@@ -1,6 +1,6 @@
-"""The one parser of replies (chat/reply.py): content, reasoning and tool calls, identical whether the
-text arrives at once or token by token (any split), the same calls for the server, the chat loop
-and the evaluator; and the server's request validation."""
+"""The one parser of replies (chat/reply.py): content, reasoning and tool calls, identical
+whether the text arrives at once or token by token (any split), the same calls for the server,
+the chat loop and the evaluator; and the server's request validation."""
 
 
 import pytest

@@ -16,8 +16,8 @@ from conftest import smollm2_or_skip
 def base_url():
     smollm2_or_skip()
     pytest.importorskip("schemathesis")
-    from llm_deeper.pretrained import models
     from llm_deeper.config import preset
+    from llm_deeper.pretrained import models
     from llm_deeper.serve.app import create_app
     from llm_deeper.serve.launch import ServerThread
     from llm_deeper.serve.native import NativeEngine, ServingTokenizer

@@ -7,10 +7,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import shakespeare_or_skip, smollm2_or_skip
 from llm_deeper.errors import UserError
 from llm_deeper.tokenizers import BPETokenizer, CharTokenizer, from_gguf, load_tokenizer
 from llm_deeper.tokenizers.pretokenize import GPT2_PATTERN, GPT4_PATTERN, PreTokenizer
+
+from conftest import shakespeare_or_skip, smollm2_or_skip
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
         "You are all resolved rather to die than to famish? 1234 +- 3.14159 — naïve café 😀\n"
@@ -76,7 +77,8 @@ def test_save_load_roundtrip(trained, tmp_path):
     assert json.loads(path.read_text())["model"]["type"] == "BPE"
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text())
 def test_roundtrip_any_string(trained, s):
     assert trained.decode(trained.encode(s)) == s
@@ -151,7 +153,8 @@ def test_smollm2_matches_transformers_gguf_loader(smol):
         assert smol.encode(line) == hf.encode(line, add_special_tokens=False), line
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=1000, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(max_size=60))
 def test_smollm2_matches_hf_on_hypothesis_strings(smol, smol_hf, s):
     assert smol.encode(s) == smol_hf.encode(s, add_special_tokens=False).ids

@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import rel_err
 from llm_deeper.checkpoint import load_checkpoint, save_checkpoint
 from llm_deeper.config import ModelConfig
 from llm_deeper.errors import UserError
 from llm_deeper.numpy_engine.model import GPT
+from llm_deeper.params import init_params
 from llm_deeper.tokenizers import CharTokenizer
 from llm_deeper.torch_engine.model import KVCache, TorchGPT
-from llm_deeper.params import init_params
 from llm_deeper.torch_engine.train import TorchTrainer
 from llm_deeper.train import TrainConfig, train
+
+from conftest import rel_err
 
 KINDS = {"mha": dict(n_kv_head=4), "gqa": dict(n_kv_head=2), "mqa": dict(n_kv_head=1)}
 

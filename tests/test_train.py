@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import rel_err
 from llm_deeper.checkpoint import load_checkpoint
 from llm_deeper.config import ModelConfig
 from llm_deeper.errors import UserError
@@ -16,6 +15,8 @@ from llm_deeper.numpy_engine.optim import AdamW, clip_grad_norm
 from llm_deeper.numpy_engine.train import NumpyTrainer
 from llm_deeper.tokenizers import CharTokenizer
 from llm_deeper.train import TrainConfig, lr_at, train
+
+from conftest import rel_err
 
 TEXT = "".join(f"{i} little pigs went to market; {i * 7 % 13} came home.\n" for i in range(300))
 

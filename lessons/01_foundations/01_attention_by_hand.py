@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import check  # noqa: E402
+from llm_deeper.config import ModelConfig
+from llm_deeper.numpy_engine.attention import attention_forward
 
-from llm_deeper.config import ModelConfig  # noqa: E402
-from llm_deeper.numpy_engine.attention import attention_forward  # noqa: E402
+from _common import check
 
 np.set_printoptions(precision=3, suppress=True)
 rng = np.random.default_rng(0)
@@ -75,7 +75,30 @@ check("numpy_engine.attention gives the same output", np.allclose(y[0], O))
 
 # %%
 for name, n_kv in (("MHA", 32), ("GQA", 8), ("MQA", 1)):
-    per_token = 2 * 32 * n_kv * 128 * 2  # 32 layers, head_dim 128, 2 bytes (bf16)
-    print(f"  {name}: n_head 32, n_kv_head {n_kv:>2}: KV cache {per_token / 1024:.0f} KiB per token "
-          f"(a 7B Llama-like shape)")
-check("GQA with 8 KV heads stores 4x less than MHA", 32 / 8 == 4)
+    shape = ModelConfig(vocab_size=32000, context_length=4096, n_layer=32, n_head=32,
+                        n_kv_head=n_kv, d_model=4096, d_ff=11008)  # a 7B Llama-like shape
+    per_token = 2 * shape.kv_cache_numbers_per_token()  # 2 bytes per number (bf16)
+    print(f"  {name}: n_head 32, n_kv_head {n_kv:>2}: "
+          f"KV cache {per_token / 1024:.0f} KiB per token")
+    check(f"{name}: 2 x n_layer x n_kv_head x head_dim numbers per token",
+          shape.kv_cache_numbers_per_token() == 2 * 32 * n_kv * 128)
+
+# %% [markdown]
+# GQA is multi-head attention whose key/value heads are shared: copy each K/V head's weights to
+# every query head of its group and you get an ordinary MHA layer with the same output. Here 4
+# query heads share 2 K/V heads (head_dim 2).
+
+# %%
+d8, H, KV = 8, 4, 2
+hd = d8 // H
+x8 = rng.normal(size=(1, T, d8))
+gqa = {"a.wq": rng.normal(size=(d8, d8)), "a.wk": rng.normal(size=(KV * hd, d8)),
+       "a.wv": rng.normal(size=(KV * hd, d8)), "a.wo": rng.normal(size=(d8, d8))}
+shared = lambda w: np.repeat(w.reshape(KV, hd, d8), H // KV, axis=0).reshape(H * hd, d8)
+mha = {**gqa, "a.wk": shared(gqa["a.wk"]), "a.wv": shared(gqa["a.wv"])}
+y_gqa, _ = attention_forward(ModelConfig(vocab_size=2, context_length=T, n_layer=1, n_head=H,
+                                         n_kv_head=KV, d_model=d8), x8, gqa, "a.")
+y_mha, _ = attention_forward(ModelConfig(vocab_size=2, context_length=T, n_layer=1, n_head=H,
+                                         n_kv_head=H, d_model=d8), x8, mha, "a.")
+print(f"K/V weights: GQA {gqa['a.wk'].shape} each, the equivalent MHA {mha['a.wk'].shape}")
+check("GQA == MHA with each K/V head copied to its group", np.allclose(y_gqa, y_mha))

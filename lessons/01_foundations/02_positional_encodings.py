@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import OUT, check  # noqa: E402
+from llm_deeper.numpy_engine.positions import rope_cos_sin, rope_forward, sinusoidal_table
 
-from llm_deeper.numpy_engine.positions import rope_cos_sin, rope_forward, sinusoidal_table  # noqa: E402
+from _common import OUT, check
 
 # %% [markdown]
 # ## Sinusoidal (Vaswani et al. 2017)
@@ -24,17 +24,19 @@ from llm_deeper.numpy_engine.positions import rope_cos_sin, rope_forward, sinuso
 # %%
 pe = sinusoidal_table(128, 64, dtype=np.float64)
 print("position 0:", pe[0, :6].round(3), " position 1:", pe[1, :6].round(3))
-check("position 0 is sin 0 = 0 and cos 0 = 1", np.allclose(pe[0, 0::2], 0) and np.allclose(pe[0, 1::2], 1))
+check("position 0 is sin 0 = 0 and cos 0 = 1",
+      np.allclose(pe[0, 0::2], 0) and np.allclose(pe[0, 1::2], 1))
 # A shift by k is a rotation of each (sin, cos) pair: PE[p + k] is a linear function of PE[p].
 k, i = 5, 3
 w = 1 / 10000 ** (2 * i / 64)
 rot = np.array([[np.cos(k * w), -np.sin(k * w)], [np.sin(k * w), np.cos(k * w)]])
-check("PE[p + k] = R(k) PE[p] for each pair", np.allclose(pe[10, 2 * i:2 * i + 2] @ rot, pe[15, 2 * i:2 * i + 2]))
+check("PE[p + k] = R(k) PE[p] for each pair",
+      np.allclose(pe[10, 2 * i:2 * i + 2] @ rot, pe[15, 2 * i:2 * i + 2]))
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
 ax.imshow(pe.T, aspect="auto", cmap="RdBu", origin="lower")
@@ -47,8 +49,9 @@ print(f"figure: {OUT / 'sinusoidal.png'}")
 
 # %% [markdown]
 # ## RoPE (Su et al. 2021): rotate queries and keys by their position
-# With $R_m$ the rotation by angles $m\theta_i$, $\langle R_m q, R_n k\rangle = \langle q, R_{n-m} k\rangle$:
-# the score depends only on the distance n - m, not on where the pair sits.
+# With $R_m$ the rotation by angles $m\theta_i$,
+# $\langle R_m q, R_n k\rangle = \langle q, R_{n-m} k\rangle$: the score depends only on the
+# distance n - m, not on where the pair sits.
 
 # %%
 rng = np.random.default_rng(0)

@@ -10,10 +10,10 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import check  # noqa: E402
+from llm_deeper.tokenizers import BPETokenizer
+from llm_deeper.tokenizers.pretokenize import GPT4_PATTERN, PreTokenizer
 
-from llm_deeper.tokenizers import BPETokenizer  # noqa: E402
-from llm_deeper.tokenizers.pretokenize import GPT4_PATTERN, PreTokenizer  # noqa: E402
+from _common import check
 
 text = "the cat sat on the mat; the rat sat on the hat"
 pieces = PreTokenizer([("split", GPT4_PATTERN)])(text)
@@ -61,7 +61,7 @@ check("decode(encode(text)) == text", tok.decode(ids) == text)
 # ## On Shakespeare (if pulled): how the compression grows with the vocabulary
 
 # %%
-from llm_deeper.data import shakespeare  # noqa: E402
+from llm_deeper.data import shakespeare
 
 if shakespeare.is_cached():
     sonnets = shakespeare.load_text("sonnets")

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import check  # noqa: E402
+from llm_deeper.config import ModelConfig
+from llm_deeper.numpy_engine.model import GPT
+from llm_deeper.numpy_engine.norms import layernorm_backward, layernorm_forward
 
-from llm_deeper.config import ModelConfig  # noqa: E402
-from llm_deeper.numpy_engine.model import GPT  # noqa: E402
-from llm_deeper.numpy_engine.norms import layernorm_backward, layernorm_forward  # noqa: E402
+from _common import check
 
 rng = np.random.default_rng(0)
 x, w, b = rng.normal(size=(3, 6)), rng.normal(size=6), rng.normal(size=6)

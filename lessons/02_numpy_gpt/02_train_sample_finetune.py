@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import OUT, QUICK, check  # noqa: E402
+from llm_deeper.config import preset
+from llm_deeper.data import load_text, shakespeare, split_train_val
+from llm_deeper.numpy_engine.generate import generate
+from llm_deeper.numpy_engine.lora import LoraConfig, add_lora
+from llm_deeper.numpy_engine.model import GPT
+from llm_deeper.numpy_engine.train import NumpyTrainer
+from llm_deeper.sampling import SamplingParams
+from llm_deeper.tokenizers import CharTokenizer
+from llm_deeper.train import TrainConfig, estimate_loss, train
 
-from llm_deeper.config import preset  # noqa: E402
-from llm_deeper.data import load_text, shakespeare, split_train_val  # noqa: E402
-from llm_deeper.numpy_engine.generate import generate  # noqa: E402
-from llm_deeper.numpy_engine.lora import LoraConfig, add_lora  # noqa: E402
-from llm_deeper.numpy_engine.model import GPT  # noqa: E402
-from llm_deeper.numpy_engine.train import NumpyTrainer  # noqa: E402
-from llm_deeper.sampling import SamplingParams  # noqa: E402
-from llm_deeper.tokenizers import CharTokenizer  # noqa: E402
-from llm_deeper.train import TrainConfig, estimate_loss, train  # noqa: E402
+from _common import OUT, QUICK, check
 
 if not shakespeare.is_cached():
     raise SystemExit("run 'llm-deeper data pull shakespeare' first")
@@ -35,9 +35,9 @@ model = GPT(cfg, seed=0)
 steps = 60 if QUICK else 600
 print(f"{cfg.n_params():,} parameters; {len(train_ids):,} training characters; {steps} steps")
 before = estimate_loss(NumpyTrainer(model), val_ids, 10, 12, 0)
-r = train(NumpyTrainer(model), tok, train_ids, val_ids, TrainConfig(
-          steps=steps, eval_interval=steps, eval_iters=10, final_eval_iters=10, warmup=steps // 10, lr=3e-3),
-          OUT / "sonnets-small", progress=False)
+tc = TrainConfig(steps=steps, eval_interval=steps, eval_iters=10, final_eval_iters=10,
+                 warmup=steps // 10, lr=3e-3)
+r = train(NumpyTrainer(model), tok, train_ids, val_ids, tc, OUT / "sonnets-small", progress=False)
 print(f"val loss: {before:.3f} (untrained; ln {tok.vocab_size} = {np.log(tok.vocab_size):.3f}) "
       f"-> {r['val_loss']:.3f}")
 check("training lowered the validation loss", r["val_loss"] < before - 0.5)
@@ -61,9 +61,9 @@ lora_steps = 40 if QUICK else 300
 base_loss = estimate_loss(NumpyTrainer(model), p_val, 10, 12, 0)
 names = add_lora(model, LoraConfig(rank=4, alpha=8, targets=["wq", "wv"]))
 share = model.n_params(trainable_only=True) / model.n_params()
-r2 = train(NumpyTrainer(model), tok, p_train, p_val, TrainConfig(
-           steps=lora_steps, eval_interval=lora_steps, eval_iters=10, final_eval_iters=10, warmup=5, lr=3e-3, weight_decay=0.0),
-           OUT / "hamlet-lora", progress=False)
+tc = TrainConfig(steps=lora_steps, eval_interval=lora_steps, eval_iters=10, final_eval_iters=10,
+                 warmup=5, lr=3e-3, weight_decay=0.0)
+r2 = train(NumpyTrainer(model), tok, p_train, p_val, tc, OUT / "hamlet-lora", progress=False)
 print(f"LoRA on {len(names)} matrices: {100 * share:.2f} % trainable; Hamlet val loss "
       f"{base_loss:.3f} -> {r2['val_loss']:.3f}")
 check("LoRA lowered the loss on the new text", r2["val_loss"] < base_loss)

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import QUICK, check  # noqa: E402
+from llm_deeper.config import ModelConfig
+from llm_deeper.torch_engine.model import TorchGPT, make_cache
 
-from llm_deeper.config import ModelConfig  # noqa: E402
-from llm_deeper.torch_engine.model import TorchGPT, make_cache  # noqa: E402
+from _common import QUICK, check
 
 cfg = ModelConfig(vocab_size=256, context_length=1024, n_layer=4, n_head=8, n_kv_head=2,
                   d_model=256, d_ff=688, norm="rmsnorm", activation="swiglu", position="rope")
@@ -58,6 +58,7 @@ with torch.inference_mode():
 
 # %%
 per_token = 4 * cfg.kv_cache_numbers_per_token()
-print(f"this model: {per_token} bytes per token (float32); 1,000 tokens: {per_token * 1000 / 1e6:.2f} MB")
+print(f"this model: {per_token} bytes per token (float32); "
+      f"1,000 tokens: {per_token * 1000 / 1e6:.2f} MB")
 cache = make_cache(cfg, 1, max_len=1000)
 check("allocated = computed", cache.k.nbytes + cache.v.nbytes == per_token * 1000)

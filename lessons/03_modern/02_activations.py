@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import OUT, QUICK, check  # noqa: E402
+from llm_deeper.config import ModelConfig
+from llm_deeper.numpy_engine.ffn import ACT
+from llm_deeper.torch_engine.model import TorchGPT
 
-from llm_deeper.config import ModelConfig  # noqa: E402
-from llm_deeper.numpy_engine.ffn import ACT  # noqa: E402
-from llm_deeper.torch_engine.model import TorchGPT  # noqa: E402
+from _common import OUT, QUICK, check
 
 a = np.linspace(-4, 4, 401)
 curves = {name: ACT[name][0](a)[0] for name in ("relu", "gelu", "silu")}
@@ -29,10 +29,10 @@ for name in curves:
 check("ReLU passes no gradient below zero", np.all(grads["relu"][a < 0] == 0))
 check("GELU and SiLU do", grads["gelu"][a < -0.5].min() < 0 and grads["silu"][a < -0.5].min() < 0)
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
 for name in curves:
@@ -65,7 +65,7 @@ for act, d_ff in (("relu", 192), ("gelu", 192), ("swiglu", 128)):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     steps = 40 if QUICK else 150
     first_grad = None
-    for step in range(steps):
+    for _ in range(steps):
         batch = (torch.randint(0, 32, (16, 1)) + torch.arange(33)) % 32
         _, loss = model(batch[:, :-1], batch[:, 1:])
         opt.zero_grad()

@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import OUT, QUICK, check  # noqa: E402
+from llm_deeper.config import ModelConfig
+from llm_deeper.data import load_text, shakespeare, split_train_val
+from llm_deeper.params import init_params
+from llm_deeper.tokenizers import CharTokenizer
+from llm_deeper.torch_engine.model import TorchGPT
+from llm_deeper.torch_engine.train import TorchTrainer
+from llm_deeper.train import TrainConfig, train
 
-from llm_deeper.config import ModelConfig  # noqa: E402
-from llm_deeper.data import load_text, shakespeare, split_train_val  # noqa: E402
-from llm_deeper.params import init_params  # noqa: E402
-from llm_deeper.tokenizers import CharTokenizer  # noqa: E402
-from llm_deeper.torch_engine.model import TorchGPT  # noqa: E402
-from llm_deeper.torch_engine.train import TorchTrainer  # noqa: E402
-from llm_deeper.train import TrainConfig, train  # noqa: E402
+from _common import OUT, QUICK, check
 
 if not shakespeare.is_cached():
     raise SystemExit("run 'llm-deeper data pull shakespeare' first")

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import check  # noqa: E402
+from llm_deeper.bench.kv_cache import SHAPES, variants
+from llm_deeper.config import ModelConfig
+from llm_deeper.torch_engine.generate import greedy_batch
+from llm_deeper.torch_engine.model import TorchGPT, make_cache
 
-from llm_deeper.bench.kv_cache import SHAPES, variants  # noqa: E402
-from llm_deeper.config import ModelConfig  # noqa: E402
-from llm_deeper.torch_engine.generate import greedy_batch  # noqa: E402
-from llm_deeper.torch_engine.model import TorchGPT, make_cache  # noqa: E402
+from _common import check
 
 print("KV cache per token (float32, all layers):")
 for shape in SHAPES:

@@ -14,16 +14,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import check  # noqa: E402
+from llm_deeper import models
 
-from llm_deeper import models  # noqa: E402
+from _common import check
 
 if not models.is_cached("smollm2-135m"):
     raise SystemExit("run 'llm-deeper models pull smollm2-135m' first")
 
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from llm_deeper.hf.models import hf_dir  # noqa: E402
+from llm_deeper.hf.models import hf_dir
 
 path = hf_dir("smollm2-135m")  # exported once from the GGUF into the cache
 print("HF directory:", path)

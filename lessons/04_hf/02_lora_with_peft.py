@@ -17,16 +17,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import OUT, check  # noqa: E402
+from llm_deeper import models
 
-from llm_deeper import models  # noqa: E402
+from _common import OUT, check
 
 if not models.is_cached("smollm2-135m"):
     raise SystemExit("run 'llm-deeper models pull smollm2-135m' first")
 
-from peft import LoraConfig, get_peft_model  # noqa: E402
+from peft import LoraConfig, get_peft_model
 
-from llm_deeper.hf.models import load  # noqa: E402
+from llm_deeper.hf.models import load
 
 model, tok = load("smollm2-135m")
 total = sum(p.numel() for p in model.parameters())

@@ -12,19 +12,19 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import OUT, QUICK, check  # noqa: E402
+from llm_deeper import models
+from llm_deeper.data import shakespeare
 
-from llm_deeper import models  # noqa: E402
-from llm_deeper.data import shakespeare  # noqa: E402
+from _common import OUT, QUICK, check
 
 if not models.is_cached("smollm2-135m") or not shakespeare.is_cached():
     raise SystemExit("run 'llm-deeper models pull smollm2-135m' and "
                      "'llm-deeper data pull shakespeare' first")
 
-from llm_deeper.data.toolcalls import tool_calling_dataset  # noqa: E402
-from llm_deeper.hf.finetune import finetune  # noqa: E402
-from llm_deeper.hf.models import load  # noqa: E402
-from llm_deeper.hf.toolcall_eval import play, score  # noqa: E402
+from llm_deeper.data.toolcalls import tool_calling_dataset
+from llm_deeper.hf.finetune import finetune
+from llm_deeper.hf.models import load
+from llm_deeper.hf.toolcall_eval import play, score
 
 data = tool_calling_dataset(n_train=64 if QUICK else 1200, n_val=1, n_test=2 if QUICK else 40)
 

@@ -17,20 +17,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import OUT, QUICK, check  # noqa: E402
+from llm_deeper import models
+from llm_deeper.data import shakespeare
 
-from llm_deeper import models  # noqa: E402
-from llm_deeper.data import shakespeare  # noqa: E402
+from _common import OUT, QUICK, check
 
 if not models.is_cached("smollm2-135m") or not shakespeare.is_cached():
     raise SystemExit("run 'llm-deeper models pull smollm2-135m' and "
                      "'llm-deeper data pull shakespeare' first")
 
-from llm_deeper.data.toolcalls import tool_calling_dataset  # noqa: E402
-from llm_deeper.hf.finetune import finetune  # noqa: E402
-from llm_deeper.hf.models import load, merge  # noqa: E402
-from llm_deeper.chat.reply import parse_tool_calls  # noqa: E402
-from llm_deeper.chat.tools import run_call, tools_system_prompt  # noqa: E402
+from llm_deeper.chat.reply import parse_tool_calls
+from llm_deeper.chat.tools import run_call, tools_system_prompt
+from llm_deeper.data.toolcalls import tool_calling_dataset
+from llm_deeper.hf.finetune import finetune
+from llm_deeper.hf.models import load, merge
 
 adapter = Path("runs/tools-lora/adapter")
 if QUICK or not (adapter / "adapter_config.json").is_file():

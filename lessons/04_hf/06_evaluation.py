@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import QUICK, check  # noqa: E402
+from llm_deeper import models
+from llm_deeper.data import shakespeare
 
-from llm_deeper import models  # noqa: E402
-from llm_deeper.data import shakespeare  # noqa: E402
+from _common import QUICK, check
 
 if not models.is_cached("smollm2-135m") or not shakespeare.is_cached():
     raise SystemExit("run 'llm-deeper models pull smollm2-135m' and "
                      "'llm-deeper data pull shakespeare' first")
 
-from llm_deeper.evaluation.text_metrics import bertscore, rouge  # noqa: E402
+from llm_deeper.evaluation.text_metrics import bertscore, rouge
 
 # %% [markdown]
 # ## ROUGE-L by hand
@@ -46,7 +46,7 @@ def lcs(a, b):
     return int(t[-1, -1])
 
 
-import re  # noqa: E402
+import re
 
 ra, ca = re.findall(r"[a-z0-9]+", ref), re.findall(r"[a-z0-9]+", cand)
 n = lcs(ra, ca)
@@ -78,10 +78,10 @@ check("identical text scores 1", abs(bertscore(refs, refs)["bertscore_f1"] - 1) 
 # with stride < window every token after the first window has more context, so perplexity drops.
 
 # %%
-from llm_deeper.data import load_text  # noqa: E402
-from llm_deeper.evaluation.perplexity import perplexity, torch_logprobs  # noqa: E402
-from llm_deeper.torch_engine.model import TorchGPT  # noqa: E402
-from llm_deeper.pretrained.weights import load_gguf  # noqa: E402
+from llm_deeper.data import load_text
+from llm_deeper.evaluation.perplexity import perplexity, torch_logprobs
+from llm_deeper.pretrained.weights import load_gguf
+from llm_deeper.torch_engine.model import TorchGPT
 
 pre = load_gguf(models.require("smollm2-135m"))
 fn = torch_logprobs(TorchGPT(pre.config, pre.params).eval())
@@ -100,16 +100,17 @@ check("every token after the first is scored once", res.tokens == len(ids) - 1)
 # two hand-written replies shows what each metric asks for:
 
 # %%
-from llm_deeper.data.toolcalls import tool_calling_dataset  # noqa: E402
-from llm_deeper.hf.toolcall_eval import score  # noqa: E402
-from llm_deeper.chat.tools import format_call  # noqa: E402
+from llm_deeper.chat.tools import format_call
+from llm_deeper.data.toolcalls import tool_calling_dataset
+from llm_deeper.hf.toolcall_eval import score
 
 ex = tool_calling_dataset(n_train=0, n_val=0, n_test=20)["test"]
 ex = [e for e in ex if e["calls"]][:2]
 good = ex[0]["calls"][0]
 bad = {"name": ex[1]["calls"][0]["name"],
        "arguments": {k: "?" for k in ex[1]["calls"][0]["arguments"]}}
-records = [{"calls": [good], "reply": format_call(**good), "answer": ex[0]["messages"][-1]["content"]},
+records = [{"calls": [good], "reply": format_call(**good),
+            "answer": ex[0]["messages"][-1]["content"]},
            {"calls": [bad], "reply": format_call(**bad), "answer": "I am not sure."}]
 s = score(ex, records, text_metrics=False)
 print(s)

@@ -17,21 +17,21 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import OUT, check  # noqa: E402
+from llm_deeper import models
 
-from llm_deeper import models  # noqa: E402
+from _common import OUT, check
 
 if not models.is_cached("smollm2-135m"):
     raise SystemExit("run 'llm-deeper models pull smollm2-135m' first")
 try:
-    import mlx_lm  # noqa: F401
+    import mlx_lm  # noqa: F401 (only: is it installed?)
 except ImportError:
     raise SystemExit("this lesson needs mlx-lm: uv sync --extra mlx") from None
 
-from safetensors.numpy import load_file  # noqa: E402
+from safetensors.numpy import load_file
 
-from llm_deeper.hf.mlx import mlx_greedy, peft_to_mlx_adapter  # noqa: E402
-from llm_deeper.hf.models import hf_dir, load, random_lora  # noqa: E402
+from llm_deeper.hf.mlx import mlx_greedy, peft_to_mlx_adapter
+from llm_deeper.hf.models import hf_dir, load, random_lora
 
 # %% [markdown]
 # ## An adapter to convert

@@ -25,16 +25,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import QUICK, check  # noqa: E402
+from llm_deeper.config import preset
+from llm_deeper.sampling import SamplingParams
+from llm_deeper.serve.block_manager import BlockManager
+from llm_deeper.serve.engine import GenRequest
+from llm_deeper.serve.native import NativeEngine
+from llm_deeper.serve.scheduler import Scheduler, Sequence
+from llm_deeper.torch_engine.model import TorchGPT
+from llm_deeper.torch_engine.paged import PagedKVCache, SeqSlice, packed_forward
 
-from llm_deeper.config import preset  # noqa: E402
-from llm_deeper.sampling import SamplingParams  # noqa: E402
-from llm_deeper.serve.engine import GenRequest  # noqa: E402
-from llm_deeper.serve.block_manager import BlockManager  # noqa: E402
-from llm_deeper.serve.native import NativeEngine  # noqa: E402
-from llm_deeper.serve.scheduler import Scheduler, Sequence  # noqa: E402
-from llm_deeper.torch_engine.model import TorchGPT  # noqa: E402
-from llm_deeper.torch_engine.paged import PagedKVCache, SeqSlice, packed_forward  # noqa: E402
+from _common import QUICK, check
 
 torch.set_grad_enabled(False)
 cfg = preset("small", vocab_size=64)  # RoPE, RMSNorm, SwiGLU, 4 query heads sharing 2 KV heads
@@ -130,7 +130,7 @@ check("the pool ran dry: some request was preempted", sched.preemptions > 0)
 # requests per step means more tokens per second, until compute catches up with memory.
 
 # %%
-import time  # noqa: E402
+import time
 
 engine = NativeEngine("lesson", torch_model=TorchGPT(preset("medium", vocab_size=512), seed=0),
                       tokenizer=type("Tok", (), {"eos_token_id": None, "chat_template": None}))

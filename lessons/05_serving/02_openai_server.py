@@ -20,14 +20,14 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import Server, check  # noqa: E402
+from llm_deeper import models
 
-from llm_deeper import models  # noqa: E402
+from _common import Server, check
 
 if not models.is_cached("smollm2-135m"):
     raise SystemExit("run 'llm-deeper models pull smollm2-135m' first")
 
-from openai import BadRequestError, OpenAI  # noqa: E402
+from openai import BadRequestError, OpenAI
 
 server = Server()  # llm-deeper serve --port <free port>
 base = server.__enter__()

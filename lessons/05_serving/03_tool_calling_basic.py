@@ -25,17 +25,17 @@ from datetime import date, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import Server, check  # noqa: E402
+from llm_deeper import models
 
-from llm_deeper import models  # noqa: E402
+from _common import Server, check
 
 if not models.is_cached("smollm2-135m"):
     raise SystemExit("run 'llm-deeper models pull smollm2-135m' first")
 
-from openai import OpenAI  # noqa: E402
+from openai import OpenAI
 
-from llm_deeper.chat.agents import function_schema  # noqa: E402
-from llm_deeper.chat.tools import Tool, tools_system_prompt  # noqa: E402
+from llm_deeper.chat.agents import function_schema
+from llm_deeper.chat.tools import Tool, tools_system_prompt
 
 # %% [markdown]
 # ## A tool is a function and its JSON schema

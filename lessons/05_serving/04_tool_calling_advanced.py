@@ -23,16 +23,16 @@ from pathlib import Path
 from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import Server, check  # noqa: E402
+from llm_deeper import models
 
-from llm_deeper import models  # noqa: E402
+from _common import Server, check
 
 if not models.is_cached("smollm2-135m"):
     raise SystemExit("run 'llm-deeper models pull smollm2-135m' first")
 
-from openai import OpenAI  # noqa: E402
+from openai import OpenAI
 
-from llm_deeper.chat.agents import ToolRegistry, run_agent  # noqa: E402
+from llm_deeper.chat.agents import ToolRegistry, run_agent
 
 # %% [markdown]
 # ## A registry of typed functions
@@ -108,9 +108,9 @@ class Scripted:
 
     def __init__(self):
         from types import SimpleNamespace as NS
-        call = lambda i, city: NS(id=f"call_{i}", type="function", function=NS(  # noqa: E731
+        call = lambda i, city: NS(id=f"call_{i}", type="function", function=NS(
             name="slow_lookup", arguments=json.dumps({"city": city})))
-        msg = lambda content, calls: NS(content=content, tool_calls=calls,  # noqa: E731
+        msg = lambda content, calls: NS(content=content, tool_calls=calls,
                                         model_dump=lambda **kw: {"role": "assistant",
                                                                  "content": content})
         self.replies = [msg(None, [call(0, "Paris"), call(1, "Rome")]),

@@ -20,15 +20,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import Server, check  # noqa: E402
+from llm_deeper import models
 
-from llm_deeper import models  # noqa: E402
+from _common import Server, check
 
 if not models.is_cached("smollm2-135m"):
     raise SystemExit("run 'llm-deeper models pull smollm2-135m' first")
 
-from llm_deeper.hf.models import hf_dir  # noqa: E402
-from llm_deeper.serve.launch import vllm_argv  # noqa: E402
+from llm_deeper.hf.models import hf_dir
+from llm_deeper.serve.launch import vllm_argv
 
 adapter = Path("runs/tools-lora/adapter")
 lora = {"tools": str(adapter)} if (adapter / "adapter_config.json").is_file() else {}
@@ -53,9 +53,9 @@ if shutil.which("vllm") is None or not has_cuda:
 # ## The same client code against vLLM
 
 # %%
-import json  # noqa: E402
+import json
 
-from openai import OpenAI  # noqa: E402
+from openai import OpenAI
 
 tool = {"type": "function", "function": {
     "name": "convert_units", "description": "Convert a value between units.",

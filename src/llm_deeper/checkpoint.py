@@ -7,8 +7,8 @@
     trainer_state.json     step, RNG states, loss history, training settings
     loss_curve.png         the losses so far
 
-The directory is written to a temporary sibling and swapped into place (util/paths.py: atomic_dir), so a
-crash or Ctrl-C mid-write leaves the previous checkpoint intact.
+The directory is written to a temporary sibling and swapped into place (util/paths.py:
+atomic_dir), so a crash or Ctrl-C mid-write leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def read_tensors(path, what: str = "tensors") -> dict[str, np.ndarray]:
         raise UserError(f"{path} is missing.")
     try:
         return load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several kinds
+    except Exception as exc:  # safetensors raises several kinds
         raise UserError(f"{path} is corrupt or not a safetensors file ({exc}).") from None
 
 

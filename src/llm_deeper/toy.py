@@ -14,8 +14,8 @@ from .numpy_engine.loss import IGNORE
 from .numpy_engine.model import GPT
 from .numpy_engine.optim import AdamW, clip_grad_norm
 from .numpy_engine.speed import tune_malloc
-from .util.progress import progress_bar
 from .train import lr_at
+from .util.progress import progress_bar
 
 
 def sort_batch(rng: np.random.Generator, batch_size: int, n: int = 9, n_values: int = 3):

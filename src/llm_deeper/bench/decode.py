@@ -38,9 +38,9 @@ def run(model: str = "smollm2-135m", batch_sizes=(1, 8), new_tokens: int = 64, r
     import torch
 
     from ..pretrained import models
+    from ..pretrained.weights import load_gguf
     from ..torch_engine.generate import greedy_batch
     from ..torch_engine.model import TorchGPT
-    from ..pretrained.weights import load_gguf
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but no CUDA device is available here.")
@@ -70,15 +70,16 @@ def run(model: str = "smollm2-135m", batch_sizes=(1, 8), new_tokens: int = 64, r
                            do_sample=False, pad_token_id=0)[:, x.shape[1]:]
 
     result = {"bench": "decode", "model": model, "device": device, "new_tokens": new_tokens,
-              "memory_bandwidth_gbs": round(bw, 1), "batch1_ceiling_tokens_per_s": round(ceiling, 1)}
+              "memory_bandwidth_gbs": round(bw, 1),
+              "batch1_ceiling_tokens_per_s": round(ceiling, 1)}
     for B in batch_sizes:
         x = ids.repeat(B, 1)
         a, b = ours_fn(x), hf_fn(x)  # warm-up, and the outputs must agree
         same = bool(torch.equal(a.cpu(), b.cpu()))
         times = {"ours": [], "hf": []}
         for _ in range(rounds):
-            times["ours"].append(_t(lambda: ours_fn(x)))
-            times["hf"].append(_t(lambda: hf_fn(x)))
+            times["ours"].append(_t(lambda x=x: ours_fn(x)))
+            times["hf"].append(_t(lambda x=x: hf_fn(x)))
         tps = {k: B * new_tokens / median(v) for k, v in times.items()}
         ratio = tps["ours"] / tps["hf"]
         log(f"batch {B}: ours {tps['ours']:.1f} tokens/s, HF generate {tps['hf']:.1f} tokens/s, "

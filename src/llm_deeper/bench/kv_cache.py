@@ -42,8 +42,8 @@ def run(lengths=(128, 256, 512, 1024, 2048), tokens: int = 4, out: str = "runs/b
     import torch
 
     from ..pretrained import models
-    from ..torch_engine.model import TorchGPT, make_cache
     from ..pretrained.weights import load_gguf
+    from ..torch_engine.model import TorchGPT, make_cache
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -65,7 +65,8 @@ def run(lengths=(128, 256, 512, 1024, 2048), tokens: int = 4, out: str = "runs/b
     log(f"time per new token, SmolLM2-135M fp32, {tokens} tokens after a prompt of each length:")
     with torch.inference_mode():
         for L in lengths:
-            ids = torch.randint(100, 40000, (1, L + tokens), generator=torch.Generator().manual_seed(L))
+            ids = torch.randint(100, 40000, (1, L + tokens),
+                                generator=torch.Generator().manual_seed(L))
             cache = make_cache(pre.config, 1, max_len=L + tokens)
             model(ids[:, :L], cache=cache)  # prefill (not timed)
             t0 = time.perf_counter()
@@ -77,8 +78,8 @@ def run(lengths=(128, 256, 512, 1024, 2048), tokens: int = 4, out: str = "runs/b
                 model(ids[:, :L + i + 1])
             uncached = (time.perf_counter() - t0) / tokens
             rows.append((L, cached, uncached))
-            log(f"  length {L:>5}: with cache {1e3 * cached:8.1f} ms, without {1e3 * uncached:8.1f} ms "
-                f"({uncached / cached:.1f}x)")
+            log(f"  length {L:>5}: with cache {1e3 * cached:8.1f} ms, "
+                f"without {1e3 * uncached:8.1f} ms ({uncached / cached:.1f}x)")
     result["per_token_ms"] = {str(L): {"cached": round(1e3 * c, 2), "uncached": round(1e3 * u, 2)}
                               for L, c, u in rows}
     c_growth = rows[-1][1] / rows[0][1]

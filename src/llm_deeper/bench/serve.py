@@ -102,7 +102,7 @@ def load_run(port: int, concurrency: int, n_requests: int, max_tokens: int, mode
     wall = time.perf_counter() - t0
     if errors:
         raise UserError(f"{len(errors)} of {n_requests} requests failed, e.g. {errors[0]}")
-    ms = lambda xs, q: round(1e3 * percentile(xs, q), 1)  # noqa: E731
+    ms = lambda xs, q: round(1e3 * percentile(xs, q), 1)
     ttft = [r["ttft"] for r in results]
     itl = [x for r in results for x in r["itl"]]
     tpot = [r["tpot"] for r in results]

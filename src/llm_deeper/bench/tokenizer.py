@@ -39,7 +39,8 @@ def run(data: str = "works", vocab_size: int = 1024, log=print) -> dict:
     lines = text.splitlines()
     fresh = from_gguf(gguf)
     ours_lines, l_ours = timed(lambda: [fresh.encode(line) for line in lines])
-    hf_lines, l_hf = timed(lambda: [e.ids for e in hf.encode_batch(lines, add_special_tokens=False)])
+    hf_lines, l_hf = timed(lambda: [e.ids for e in hf.encode_batch(lines,
+                                                                   add_special_tokens=False)])
     identical_lines = ours_lines == hf_lines
     log(f"encode {data} line by line ({len(lines):,} lines): ours {mb / l_ours:.2f} MB/s, "
         f"HF tokenizers encode_batch {mb / l_hf:.2f} MB/s, ratio {l_hf / l_ours:.3f}x, "

@@ -98,7 +98,8 @@ def run(preset_name: str = "baby", batch_size: int = 12, rounds: int = 5,
               "ratio_numpy_over_torch": round(ratio, 3),
               "numpy_ms_per_step": round(rows["numpy"]["ms_per_step"], 2),
               "torch_ms_per_step": round(rows["torch"]["ms_per_step"], 2),
-              "mfu_numpy": round(rows["numpy"]["mfu"], 4), "mfu_torch": round(rows["torch"]["mfu"], 4),
+              "mfu_numpy": round(rows["numpy"]["mfu"], 4),
+              "mfu_torch": round(rows["torch"]["mfu"], 4),
               "matmul_peak_gflops": {k: round(v, 1) for k, v in peak.items()},
               "torch_threads": torch.get_num_threads()}
     log(json_line(result))

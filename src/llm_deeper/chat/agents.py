@@ -15,9 +15,10 @@ from __future__ import annotations
 import inspect
 import json
 import typing
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 _SIMPLE = {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object"}
 
@@ -116,7 +117,7 @@ def run_agent(client, model: str, messages: list[dict], registry: ToolRegistry,
         messages.append(msg.model_dump(exclude_none=True))
         if not calls:
             return AgentResult(msg.content, messages, it, calls_made)
-        run = lambda c: registry.call(c.function.name, c.function.arguments)  # noqa: E731
+        run = lambda c: registry.call(c.function.name, c.function.arguments)
         if parallel and len(calls) > 1:
             with ThreadPoolExecutor(max_workers=min(8, len(calls))) as pool:
                 results = list(pool.map(run, calls))

@@ -19,8 +19,8 @@ import datetime as dt
 import json
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..errors import UserError
 

@@ -70,8 +70,8 @@ def _perplexity(args) -> int:
         fn, ctx, name = numpy_logprobs(model), model.cfg.context_length, args.checkpoint
     else:
         from ..pretrained.models import gguf_file
-        from ..torch_engine.model import TorchGPT
         from ..pretrained.weights import load_gguf
+        from ..torch_engine.model import TorchGPT
 
         pre = load_gguf(gguf_file(args.model, "eval perplexity reads GGUF files"))
         tok, name = pre.tokenizer, args.model

@@ -3,7 +3,6 @@ vLLM and mlx-lm load it). `llm-deeper models export-hf NAME` runs the same code.
 
 from __future__ import annotations
 
-
 HELP = "write an HF directory (transformers, vLLM, mlx-lm load it)"
 
 

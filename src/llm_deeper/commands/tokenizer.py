@@ -21,8 +21,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..util.paths import atomic_write_text
     from ..tokenizers import BPETokenizer, load_tokenizer
+    from ..util.paths import atomic_write_text
 
     if args.tok_command == "train":
         from ..data import load_text

@@ -17,8 +17,8 @@ more context, so perplexity drops, at W / stride times the cost.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -72,7 +72,7 @@ def check_method(method: str):
     if method != "qlora":
         return None
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes  # noqa: F401 (only: is it installed?)
     except ImportError:
         raise UserError("--method qlora needs bitsandbytes (pip install bitsandbytes) and a "
                         "CUDA GPU; use --method lora on this machine.") from None
@@ -117,7 +117,8 @@ def finetune(model: str, rows: list[dict], out: str, *, method: str = "lora", st
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                                 target_modules=targets if targets == "all-linear" else list(targets),
+                                 target_modules=targets if targets == "all-linear"
+                                 else list(targets),
                                  task_type="CAUSAL_LM")
     args = SFTConfig(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch_size,
@@ -130,7 +131,8 @@ def finetune(model: str, rows: list[dict], out: str, *, method: str = "lora", st
                          peft_config=peft_config, callbacks=[_throughput_callback(log)])
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
-    log(f"{method}: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.2f} %)")
+    log(f"{method}: {trainable:,} trainable parameters of {total:,} "
+        f"({100 * trainable / total:.2f} %)")
     has_ckpt = any(Path(out).glob("checkpoint-*")) if Path(out).is_dir() else False
     result = trainer.train(resume_from_checkpoint=True if (resume and has_ckpt) else None)
     final = Path(out) / ("adapter" if peft_config else "model")

@@ -39,7 +39,8 @@ def peft_to_mlx_adapter(adapter_dir: str, out_dir: str) -> str:
                         "adapter_model.safetensors expected).")
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("peft_type") != "LORA":
-        raise UserError(f"only LoRA adapters convert to mlx-lm; this one is {cfg.get('peft_type')}.")
+        raise UserError("only LoRA adapters convert to mlx-lm; this one is "
+                        f"{cfg.get('peft_type')}.")
     for field in ("rank_pattern", "alpha_pattern"):
         if cfg.get(field):
             raise UserError(f"the adapter sets {field}; mlx-lm has one rank and scale for all "

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..pretrained import models
 from ..errors import UserError
+from ..pretrained import models
 
 
 def hf_dir(model: str) -> str:

@@ -34,9 +34,11 @@ def first_turn(example: dict) -> list[dict]:
 
 
 def generate_batch(model, tok, conversations: list[list[dict]], max_new_tokens: int = 96,
-                   batch_size: int = 8, progress: bool = False, desc: str = "generate") -> list[str]:
+                   batch_size: int = 8, progress: bool = False,
+                   desc: str = "generate") -> list[str]:
     """Greedy replies to each conversation (chat template + generation prompt)."""
     import torch
+
     from ..util.progress import progress_bar
 
     side, tok.padding_side = tok.padding_side, "left"
@@ -58,7 +60,8 @@ def generate_batch(model, tok, conversations: list[list[dict]], max_new_tokens: 
     return out
 
 
-def play(model, tok, examples: list[dict], batch_size: int = 8, progress: bool = False) -> list[dict]:
+def play(model, tok, examples: list[dict], batch_size: int = 8,
+         progress: bool = False) -> list[dict]:
     """Each example played to its final answer: first reply, calls, tool results, answer."""
     firsts = generate_batch(model, tok, [first_turn(ex) for ex in examples], 96, batch_size,
                             progress, "tool calls")

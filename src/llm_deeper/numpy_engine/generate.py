@@ -12,7 +12,7 @@ engine shares, generation.cached_next_logits.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..config import ModelConfig
-from ..params import init_params, param_shapes  # noqa: F401 (param_shapes: re-exported)
+from ..params import init_params
 from .attention import AttentionCache, attention_backward, attention_forward
 from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward

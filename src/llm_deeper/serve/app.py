@@ -3,8 +3,8 @@
 
 The request path: validate (pydantic, protocol.py) -> the prompt's ids, sampling parameters,
 grammar and adapter (prompts.py) -> the engine generates token by token -> stop strings, then
-content / reasoning_content / tool_calls (chat/reply.py) -> JSON, or server-sent events when `stream`
-is set (streaming.py).
+content / reasoning_content / tool_calls (chat/reply.py) -> JSON, or server-sent events when
+`stream` is set (streaming.py).
 
 Every error is an OpenAI error object with a 4xx status (401 bad key, 404 unknown model,
 413 body too large, 400 anything else about the request).

@@ -69,7 +69,7 @@ class GrammarFactory:
                 f"body: %json {json.dumps(body)}\n")
         return self.llg.LLMatcher.grammar_from_lark(lark)
 
-    def constraint(self, grammar: str) -> "Constraint":
+    def constraint(self, grammar: str) -> Constraint:
         is_error, msgs = self.llg.LLMatcher.validate_grammar_with_warnings(grammar,
                                                                            self.tokenizer)
         if is_error:

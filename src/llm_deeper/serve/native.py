@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -84,7 +84,7 @@ class NativeEngine:
             self._thread.join(timeout=60)
             self._thread = None
 
-    def __enter__(self) -> "NativeEngine":
+    def __enter__(self) -> NativeEngine:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -250,8 +250,8 @@ def load_lora(path, cfg, dtype, device) -> dict:
 def load_native(model: str, device: str = "cpu"):
     """(TorchGPT, ServingTokenizer) for a registry name or a GGUF file."""
     from ..pretrained.models import gguf_file
-    from ..torch_engine.model import TorchGPT
     from ..pretrained.weights import load_gguf
+    from ..torch_engine.model import TorchGPT
 
     pre = load_gguf(gguf_file(model, "the native engine reads GGUF files"))
     tok = ServingTokenizer(pre.tokenizer, pre.chat_template, pre.eos_id)

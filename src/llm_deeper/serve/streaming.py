@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
-from ..generation import TextStream
 from ..chat.reply import DeltaParser, split_text
+from ..generation import TextStream
 from .engine import Engine, GenRequest, Step
 from .protocol import new_id, now
 
@@ -94,7 +94,7 @@ def logprobs_content(engine: Engine, steps: list[Step]) -> list[dict]:
              "top_logprobs": [entry(t, lp) for t, lp in (s.top or [])]} for s in steps]
 
 
-def completion_logprobs(engine: Engine, run: "Run", offset: int = 0) -> dict:
+def completion_logprobs(engine: Engine, run: Run, offset: int = 0) -> dict:
     """The legacy /v1/completions shape: parallel lists, one entry per generated token."""
     tok = engine.tokenizer
     tokens, offsets, pos = [], [], offset
@@ -181,6 +181,21 @@ async def completion_answer(engine: Engine, req, jobs: list) -> dict:
             "model": req.model, "choices": choices, "usage": usage(prompt_total, completion)}
 
 
+class _LogprobCursor:
+    """`lp(upto)`: the logprobs of a run's tokens since the last chunk that carried some (None
+    when the request asked for none, or there are no new ones)."""
+
+    def __init__(self, engine: Engine, run: Run, wanted: bool):
+        self.engine, self.run, self.wanted, self.sent = engine, run, wanted, 0
+
+    def __call__(self, upto: int) -> dict | None:
+        if not self.wanted or upto <= self.sent:
+            return None
+        out = {"content": logprobs_content(self.engine, self.run.steps[self.sent:upto])}
+        self.sent = upto
+        return out
+
+
 async def chat_stream(engine: Engine, req, ids: list[int], gens: list[GenRequest]):
     """Server-sent chat.completion.chunk events: a role chunk, content / reasoning / tool-call
     deltas as they are parsed, a finish chunk per choice, usage if asked, [DONE]."""
@@ -197,17 +212,8 @@ async def chat_stream(engine: Engine, req, ids: list[int], gens: list[GenRequest
     try:
         for i, g in enumerate(gens):
             yield chunk(i, {"role": "assistant", "content": ""})
-            run, parser, n_calls, text = Run(engine, g), DeltaParser(tools), 0, ""
-            want_lp, sent, k = g.top_logprobs is not None, 0, 0
-
-            def lp(upto):  # the logprobs of the tokens since the last chunk that carried some
-                nonlocal sent
-                if not want_lp or upto <= sent:
-                    return None
-                out = {"content": logprobs_content(engine, run.steps[sent:upto])}
-                sent = upto
-                return out
-
+            run, parser, n_calls, text, k = Run(engine, g), DeltaParser(tools), 0, "", 0
+            lp = _LogprobCursor(engine, run, g.top_logprobs is not None)
             async for piece in iterate_in_thread(run.pieces()):
                 text += piece
                 upto, k = run.marks[k], k + 1
@@ -240,21 +246,22 @@ async def completion_stream(engine: Engine, req, jobs: list):
     chunk per choice, usage if asked, [DONE]."""
     cid, created, model, echo = new_id("cmpl"), now(), req.model, req.echo
     include_usage, prompt_total, completion = _include_usage(req), 0, 0
+
+    def chunk(i, text, finish=None):
+        return _sse({"id": cid, "object": "text_completion", "created": created, "model": model,
+                     "choices": [{"index": i, "text": text, "logprobs": None,
+                                  "finish_reason": finish}]})
+
     try:
         for i, (p, ids, g) in enumerate(jobs):
-            def chunk(text, finish=None):
-                return _sse({"id": cid, "object": "text_completion", "created": created,
-                             "model": model, "choices": [{"index": i, "text": text,
-                                                          "logprobs": None,
-                                                          "finish_reason": finish}]})
             if echo:
-                yield chunk(p)
+                yield chunk(i, p)
             run = Run(engine, g)
             async for piece in iterate_in_thread(run.pieces()):
-                yield chunk(piece)
+                yield chunk(i, piece)
             prompt_total += len(ids)
             completion += len(run.tokens)
-            yield chunk("", run.finish)
+            yield chunk(i, "", run.finish)
         if include_usage:
             yield _sse({"id": cid, "object": "text_completion", "created": created,
                         "model": model, "choices": [], "usage": usage(prompt_total, completion)})

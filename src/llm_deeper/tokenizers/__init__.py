@@ -1,4 +1,5 @@
-"""Tokenizers: character-level and byte-level BPE (trained here or loaded from real vocabularies)."""
+"""Tokenizers: character-level and byte-level BPE (trained here or loaded from real
+vocabularies)."""
 
 from __future__ import annotations
 

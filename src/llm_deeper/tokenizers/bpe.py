@@ -62,7 +62,7 @@ class BPETokenizer:
     # ---------------------------------------------------------------------------- training
     @classmethod
     def train(cls, text: str, vocab_size: int, pattern: str = "gpt4",
-              special_tokens: list[str] | None = None, progress: bool = False) -> "BPETokenizer":
+              special_tokens: list[str] | None = None, progress: bool = False) -> BPETokenizer:
         special_tokens = list(special_tokens or [])
         if vocab_size < 256 + len(special_tokens):
             raise UserError(f"vocab_size must be at least 256 + {len(special_tokens)} special "
@@ -223,7 +223,7 @@ class BPETokenizer:
         return json.dumps(self.to_hf_dict(), ensure_ascii=False)
 
     @classmethod
-    def from_hf_dict(cls, d: dict) -> "BPETokenizer":
+    def from_hf_dict(cls, d: dict) -> BPETokenizer:
         model = d.get("model") or {}
         if model.get("type") != "BPE":
             raise UserError(f"tokenizer model '{model.get('type')}' is not byte-level BPE.")
@@ -245,7 +245,7 @@ class BPETokenizer:
         return cls(vocab, merges, _parse_pre(d.get("pre_tokenizer")), specials)
 
     @classmethod
-    def from_file(cls, path) -> "BPETokenizer":
+    def from_file(cls, path) -> BPETokenizer:
         with open(path, encoding="utf-8") as f:
             return cls.from_hf_dict(json.load(f))
 

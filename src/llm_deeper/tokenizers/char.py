@@ -19,7 +19,7 @@ class CharTokenizer:
         self.stoi = {c: i for i, c in enumerate(self.chars)}
 
     @classmethod
-    def train(cls, text: str) -> "CharTokenizer":
+    def train(cls, text: str) -> CharTokenizer:
         return cls(text)
 
     @property
@@ -38,7 +38,8 @@ class CharTokenizer:
         for i in ids:
             i = int(i)
             if not 0 <= i < len(self.chars):
-                raise UserError(f"token id {i} is outside the vocabulary (0..{len(self.chars) - 1}).")
+                raise UserError(f"token id {i} is outside the vocabulary "
+                                f"(0..{len(self.chars) - 1}).")
             out.append(self.chars[i])
         return "".join(out)
 
@@ -46,5 +47,5 @@ class CharTokenizer:
         return json.dumps({"type": "char", "chars": "".join(self.chars)}, ensure_ascii=False)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CharTokenizer":
+    def from_dict(cls, d: dict) -> CharTokenizer:
         return cls(d["chars"])

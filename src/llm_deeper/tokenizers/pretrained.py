@@ -33,7 +33,7 @@ def open_gguf(path):
 
     try:
         return GGUFReader(str(path))
-    except Exception as exc:  # noqa: BLE001 - the gguf reader raises many kinds
+    except Exception as exc:  # the gguf reader raises many kinds
         raise UserError(f"{path} is not a readable GGUF file ({exc}).") from None
 
 
@@ -44,7 +44,7 @@ def gguf_metadata(path, reader=None) -> dict:
     for key, field in reader.fields.items():
         try:
             out[key] = field.contents()
-        except Exception:  # noqa: BLE001 - skip fields the reader cannot decode
+        except Exception:  # skip fields the reader cannot decode
             continue
     return out
 

@@ -41,7 +41,8 @@ class KVCache:
 
 def causal_mask(T: int, S: int, pos0: int, device) -> torch.Tensor:
     """(T, S) True where query pos0 + t may see key s."""
-    return torch.arange(S, device=device)[None, :] <= (pos0 + torch.arange(T, device=device))[:, None]
+    keys = torch.arange(S, device=device)[None, :]
+    return keys <= (pos0 + torch.arange(T, device=device))[:, None]
 
 
 def attend(q, k, v, pos0: int, use_sdpa: bool, p_drop: float, training: bool, bias=None,

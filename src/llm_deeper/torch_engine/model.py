@@ -128,7 +128,7 @@ class TorchGPT(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     @torch.no_grad()
-    def fuse_for_inference(self) -> "TorchGPT":
+    def fuse_for_inference(self) -> TorchGPT:
         """Extra weights for fast decoding (the parameters stay as they are):
 
         * wq|wk|wv and w1|w3 concatenated: one matrix-vector product instead of three or two;
