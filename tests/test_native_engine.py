@@ -102,8 +102,8 @@ def test_continuous_batching_gives_each_request_its_own_answer():
     g = torch.Generator().manual_seed(1)
     jobs = [(torch.randint(0, V, (3 + 2 * i,), generator=g).tolist(), 4 + (i * 5) % 11)
             for i in range(12)]
-    engine = _engine(m, max_num_seqs=4)
-    got = _run_concurrently(engine, jobs)
+    with _engine(m, max_num_seqs=4) as engine:
+        got = _run_concurrently(engine, jobs)
     assert got == [_greedy_alone(m, p, n) for p, n in jobs]
     assert engine.steps < sum(n for _, n in jobs)
     assert engine.kv_blocks_used == 0 and engine.running == 0
@@ -115,9 +115,9 @@ def test_preemption_when_blocks_run_out_keeps_every_answer():
     m = _model()
     g = torch.Generator().manual_seed(2)
     jobs = [(torch.randint(0, V, (20,), generator=g).tolist(), 24) for _ in range(6)]
-    engine = _engine(m, kv_cache_bytes=0, block_size=16)
-    assert engine.cache.num_blocks == 8
-    got = _run_concurrently(engine, jobs)
+    with _engine(m, kv_cache_bytes=0, block_size=16) as engine:
+        assert engine.cache.num_blocks == 8
+        got = _run_concurrently(engine, jobs)
     assert got == [_greedy_alone(m, p, n) for p, n in jobs]
     assert engine.scheduler.preemptions > 0
     assert engine.kv_blocks_used == 0
@@ -140,16 +140,28 @@ def test_scheduler_admits_by_blocks_and_preempts_the_newest():
 
 
 def test_a_request_that_goes_away_frees_its_blocks():
-    engine = _engine(_model(), max_num_seqs=4)
-    req = GenRequest([1, 2, 3], SamplingParams(max_tokens=100, temperature=0.8, seed=0))
-    gen = engine.generate(req)
-    next(gen), next(gen)
-    assert engine.kv_blocks_used > 0
-    gen.close()  # the server closes it when the client disconnects
-    deadline = time.time() + 10
-    while engine.kv_blocks_used and time.time() < deadline:
-        time.sleep(0.01)
-    assert engine.kv_blocks_used == 0 and engine.running == 0
+    with _engine(_model(), max_num_seqs=4) as engine:
+        req = GenRequest([1, 2, 3], SamplingParams(max_tokens=100, temperature=0.8, seed=0))
+        gen = engine.generate(req)
+        next(gen), next(gen)
+        assert engine.kv_blocks_used > 0
+        gen.close()  # the server closes it when the client disconnects
+        deadline = time.time() + 10
+        while engine.kv_blocks_used and time.time() < deadline:
+            time.sleep(0.01)
+        assert engine.kv_blocks_used == 0 and engine.running == 0
+
+
+def test_closing_the_engine_stops_its_thread_and_fails_what_waits():
+    """close() ends the engine's thread; a request still waiting gets an error, not a hang."""
+    engine = _engine(_model(), max_num_seqs=1)
+    thread = engine._thread
+    busy = engine.generate(GenRequest([1, 2], SamplingParams(max_tokens=90, temperature=0)))
+    next(busy)
+    engine.close()
+    assert not thread.is_alive()
+    with pytest.raises(RuntimeError, match="stopped"):
+        list(busy)
 
 
 def test_lora_adapters_in_one_step_equal_peft(tmp_path):

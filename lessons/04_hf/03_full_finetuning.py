@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from llm_deeper import models
 from llm_deeper.data import shakespeare
+from llm_deeper.pretrained import models
 
 from _common import OUT, QUICK, check
 

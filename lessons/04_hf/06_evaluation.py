@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from llm_deeper import models
 from llm_deeper.data import shakespeare
+from llm_deeper.pretrained import models
 
 from _common import QUICK, check
 

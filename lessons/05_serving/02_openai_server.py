@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from llm_deeper import models
+from llm_deeper.pretrained import models
 
 from _common import Server, check
 

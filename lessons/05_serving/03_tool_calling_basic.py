@@ -25,7 +25,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from llm_deeper import models
+from llm_deeper.pretrained import models
 
 from _common import Server, check
 
