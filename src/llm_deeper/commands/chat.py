@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .common import add_sampling, sampling
 
 HELP = "multi-turn chat with a pretrained model in the terminal"
@@ -14,7 +12,8 @@ def add_arguments(p) -> None:
                    help="registry name, a GGUF path, or (engine hf) an HF directory or hub id")
     p.add_argument("--engine", choices=["numpy", "torch", "hf"], default=None,
                    help="numpy or torch for GGUF models, hf for HF directories and adapters "
-                   "(default: hf with --adapter or an HF directory, else torch)")
+                   "(default: torch for a registry model or a GGUF file without --adapter, "
+                   "else hf)")
     p.add_argument("--adapter", default=None, help="a PEFT adapter directory (engine hf)")
     p.add_argument("--tools", action="store_true",
                    help="offer the built-in tools and run the calls the model makes")
@@ -25,7 +24,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> None:
     from ..chat.terminal import chat_loop
+    from ..pretrained.models import resolve
 
-    engine = args.engine or ("hf" if args.adapter or Path(args.model).is_dir() else "torch")
+    gguf = resolve(args.model).kind == "gguf"
+    engine = args.engine or ("torch" if gguf and not args.adapter else "hf")
     chat_loop(args.model, engine, sampling(args), system=args.system, adapter=args.adapter,
               tools=args.tools)
