@@ -174,3 +174,135 @@ def test_presets_lists_every_preset_with_its_parameter_count(tmp_path):
         assert f"{c.n_params():,}" in row[0] and c.norm in row[0] and c.position in row[0]
     baby = preset("baby").n_params()
     assert 0.79e6 < baby < 0.82e6 and f"{baby:,}" in "\n".join(lines)
+
+
+# --- train --resume: the checkpoint's model, tokenizer, data, engine and settings win -------
+# In process (cli.main) rather than in subprocesses, to keep these many cases cheap. The module's
+# run_dir/ck was trained with --preset small --context-length 32 --d-model 32 --n-layer 2
+# (n_head 4, n_kv_head 2, d_ff 288, rmsnorm, swiglu, rope), char tokenizer, text.txt, 30 steps.
+
+def _main(*args, cwd, monkeypatch, capsys) -> tuple[int, str, str]:
+    from llm_deeper.cli import main
+
+    monkeypatch.chdir(cwd)
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _files(d) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+RESUME = ("train", "--resume", "--data", "text.txt", "--steps", "32", "--no-progress")
+
+
+@pytest.mark.parametrize("extra,named", [
+    (["--n-layer", "3"], "--n-layer"),
+    (["--d-model", "64"], "--d-model"),
+    (["--context-length", "16"], "--context-length"),
+    (["--n-head", "2"], "--n-head"),
+    (["--n-kv-head", "1"], "--n-kv-head"),
+    (["--d-ff", "64"], "--d-ff"),
+    (["--dropout", "0.1"], "--dropout"),
+    (["--norm", "layernorm"], "--norm"),
+    (["--activation", "gelu"], "--activation"),
+    (["--position", "learned"], "--position"),
+    (["--preset", "large"], "--preset"),
+    (["--tokenizer", "bpe:300"], "--tokenizer"),
+    (["--data", "resume-other.txt"], "--data"),
+    (["--engine", "torch"], "--engine"),
+    (["--batch-size", "4"], "--batch-size"),
+    (["--grad-accum", "2"], "--grad-accum"),
+    (["--lr", "0.01"], "--lr"),
+    (["--min-lr", "0"], "--min-lr"),
+    (["--warmup", "5"], "--warmup"),
+    (["--weight-decay", "0"], "--weight-decay"),
+    (["--grad-clip", "0.5"], "--grad-clip"),
+    (["--seed", "1"], "--seed"),
+    (["--steps", "30"], "--steps"),
+])
+def test_resume_refuses_a_conflicting_option(run_dir, extra, named, monkeypatch, capsys):
+    (run_dir / "resume-other.txt").write_text(TEXT.replace("fox", "cat"))
+    before = _files(run_dir / "ck")
+    code, out, err = _main(*RESUME, "--out", "ck", *extra, cwd=run_dir, monkeypatch=monkeypatch,
+                           capsys=capsys)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], err
+    assert "the checkpoint in ck" in lines[0] or "the run in ck" in lines[0], err
+    assert _files(run_dir / "ck") == before  # nothing written
+    assert not out  # refused before any training
+
+
+def test_resume_refusal_says_what_the_checkpoint_has(run_dir, monkeypatch, capsys):
+    _, _, err = _main(*RESUME, "--out", "ck", "--n-layer", "4", cwd=run_dir,
+                      monkeypatch=monkeypatch, capsys=capsys)
+    assert "the checkpoint in ck has n_layer 2, not 4" in err
+    assert "drop --n-layer or start a new --out" in err
+    _, _, err = _main(*RESUME, "--out", "ck", "--engine", "torch", cwd=run_dir,
+                      monkeypatch=monkeypatch, capsys=capsys)
+    assert "trained by the numpy engine" in err
+
+
+def test_resume_refuses_the_other_engine_of_a_torch_checkpoint(run_dir, monkeypatch, capsys):
+    import shutil
+
+    d = run_dir / "ck-torch"
+    shutil.copytree(run_dir / "ck", d, dirs_exist_ok=True)
+    state = json.loads((d / "trainer_state.json").read_text())
+    (d / "trainer_state.json").write_text(json.dumps({**state, "engine": "torch"}))
+    before = _files(d)
+    code, _, err = _main(*RESUME, "--out", "ck-torch", "--engine", "numpy", cwd=run_dir,
+                         monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2 and "trained by the torch engine" in err and "--engine" in err
+    assert _files(d) == before
+
+
+def test_resume_with_matching_or_changeable_options(run_dir, monkeypatch, capsys):
+    """The training command line repeated, plus --resume: the same values are fine; --steps
+    (the new total), --eval-interval/--eval-iters, --device and --compile may change. A
+    checkpoint that does not record its preset, data and tokenizer (written before they were
+    recorded) resumes too, and a later resume takes its data from the checkpoint."""
+    import shutil
+
+    d = run_dir / "ck-resume"
+    shutil.copytree(run_dir / "ck", d, dirs_exist_ok=True)
+    state = json.loads((d / "trainer_state.json").read_text())
+    old = {k: v for k, v in state.items() if k not in ("preset", "data", "data_sha256",
+                                                       "tokenizer")}
+    (d / "trainer_state.json").write_text(json.dumps(old))
+    code, _, err = _main(*RESUME, "--out", "ck-resume", "--preset", "baby", cwd=run_dir,
+                         monkeypatch=monkeypatch, capsys=capsys)  # an old checkpoint, too
+    assert code == 2 and "--preset" in err
+    code, out, err = _main(
+        *RESUME, "--out", "ck-resume", "--preset", "small", "--context-length", "32",
+        "--d-model", "32", "--n-layer", "2", "--n-head", "4", "--tokenizer", "char",
+        "--engine", "numpy", "--lr", "0.001", "--seed", "1337", "--eval-interval", "1",
+        "--eval-iters", "1", "--device", "cpu", cwd=run_dir, monkeypatch=monkeypatch,
+        capsys=capsys)
+    assert code == 0, err
+    assert "resumed from ck-resume at step 30" in out
+    state = json.loads((d / "trainer_state.json").read_text())
+    assert state["step"] == 32 and state["engine"] == "numpy"
+    assert state["train_config"]["eval_interval"] == 1 and state["train_config"]["lr"] == 1e-3
+    assert [s for s, _ in state["history"]["val"]][-2:] == [31, 32]
+    assert state["data"].endswith("text.txt") and state["tokenizer"] == "char"
+    code, out, err = _main("train", "--resume", "--out", "ck-resume", "--steps", "33",
+                           "--no-progress", cwd=run_dir, monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, err
+    assert "text.txt" in out and json.loads((d / "trainer_state.json").read_text())["step"] == 33
+
+
+def test_train_help_says_what_a_resume_may_change(capsys):
+    from llm_deeper.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for words in ("(default: baby;", "(default: char;", "(default: works;", "(default: numpy;"):
+        assert words in out, words
+    resume = "".join(out.split("--resume ")[1][:700].split())  # argparse breaks at hyphens
+    for option in ("--steps", "--eval-interval", "--eval-iters", "--device", "--compile",
+                   "--no-progress", "refused"):
+        assert option in resume, option

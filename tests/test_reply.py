@@ -75,6 +75,10 @@ def test_calls_round_trip_through_the_format():
     ('{"name": "f", "arguments": [1]}', None),  # arguments that are not an object
     ('{"name": "f", "arguments": "not json"}', None),
     ('{"arguments": {}}', None), ('{"name": 3}', None), ('[1, 2]', None), ("{bad", None),
+    pytest.param('{"name": "f", "arguments": ' + "[" * 100000 + "]" * 100000 + "}", None,
+                 id="nested-past-the-json-parser"),
+    pytest.param('{"name": "f", "arguments": {"x": ' + "9" * 5000 + "}}", None,
+                 id="an-int-of-5000-digits"),
 ])
 def test_one_rule_for_what_a_call_is(body, expected):
     """The cases the evaluator's and the server's parsers used to judge differently."""

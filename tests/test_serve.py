@@ -72,6 +72,9 @@ def test_models_lists_the_base_and_its_adapter(client):
     models = {m.id: m for m in client.models.list().data}
     assert set(models) == {"smollm2-135m", "shout"}
     assert models["shout"].model_extra["parent"] == "smollm2-135m"
+    # names, never a file system path
+    assert models["shout"].model_extra["root"] == "shout"
+    assert all("/" not in m.model_extra["root"] for m in models.values())
 
 
 def test_chat_and_streaming_chat_with_usage(client):

@@ -90,7 +90,7 @@ def parse_call(body: str) -> dict | None:
     None when it is not a valid call."""
     try:
         obj = json.loads(body.strip())
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON; nested past the parser; a 5000-digit int
         return None
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return None
@@ -98,7 +98,7 @@ def parse_call(body: str) -> dict | None:
     if isinstance(args, str):  # some models write the arguments as a JSON string already
         try:
             args = json.loads(args)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return None
     if not isinstance(args, dict):
         return None

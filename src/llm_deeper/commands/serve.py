@@ -31,11 +31,28 @@ def add_arguments(p) -> None:
     p.add_argument("--kv-cache-gb", type=float, default=1.0,
                    help="native: memory for the paged KV cache")
     p.add_argument("--block-size", type=int, default=16, help="native: token slots per block")
+    p.add_argument("--max-sequences-per-request", type=int, default=16,
+                   help="most sequences one request may ask for (prompts x n)")
+    p.add_argument("--max-body-mb", type=float, default=4.0,
+                   help="largest request body, whatever its framing (413 beyond)")
+    p.add_argument("--max-connections", type=int, default=256,
+                   help="open connections and requests at once (503 beyond)")
+    p.add_argument("--keep-alive", type=float, default=5.0,
+                   help="seconds an idle keep-alive connection stays open")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a request's headers may take to arrive")
+    p.add_argument("--shutdown-grace", type=float, default=30.0,
+                   help="seconds running requests may finish after SIGTERM or Ctrl-C")
 
 
 def run(args) -> None:
-    from ..serve.launch import serve
+    from ..serve.launch import ServeOptions, serve
 
-    serve(args.model, args.engine, args.host, args.port, args.api_key, args.lora_modules,
-          args.served_model_name, args.device, args.max_num_seqs, args.kv_cache_gb,
-          args.block_size)
+    serve(ServeOptions(
+        model=args.model, engine=args.engine, host=args.host, port=args.port,
+        api_key=args.api_key, lora_modules=tuple(args.lora_modules),
+        served_name=args.served_model_name, device=args.device, max_num_seqs=args.max_num_seqs,
+        kv_cache_gb=args.kv_cache_gb, block_size=args.block_size,
+        max_sequences_per_request=args.max_sequences_per_request, max_body_mb=args.max_body_mb,
+        max_connections=args.max_connections, keep_alive=args.keep_alive,
+        header_timeout=args.header_timeout, shutdown_grace=args.shutdown_grace))

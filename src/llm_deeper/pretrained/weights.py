@@ -204,9 +204,11 @@ def export_hf(out_dir, cfg: ModelConfig, params: dict, tokenizer=None, *, chat_t
 
 
 # ------------------------------------------------------------------------------ PEFT adapters
-def read_peft_lora(path, cfg: ModelConfig) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
-    """A PEFT LoRA adapter directory -> {our weight name: (A (r, in), B (out, r), alpha / r)}
-    (alpha / sqrt(r) with rsLoRA). Refuses, in one sentence, what the engines cannot apply."""
+def read_peft_adapter(path) -> tuple[dict, dict[str, np.ndarray], float]:
+    """(adapter_config.json, its tensors, scale) of a PEFT LoRA adapter directory, checked: a
+    missing or corrupt config or weights file, or a config without a positive rank and an alpha,
+    is one sentence. Cheap (adapters are small): the server checks every adapter this way before
+    it spends seconds loading the model."""
     import json
     import math
 
@@ -216,25 +218,47 @@ def read_peft_lora(path, cfg: ModelConfig) -> dict[str, tuple[np.ndarray, np.nda
     try:
         conf = json.loads((path / "adapter_config.json").read_text())
     except (OSError, ValueError):
-        raise UserError(f"{path} is not a PEFT adapter directory (no adapter_config.json).") \
-            from None
+        raise UserError(f"{path} is not a PEFT adapter directory (no readable "
+                        "adapter_config.json).") from None
+    r, alpha = conf.get("r") if isinstance(conf, dict) else None, None
+    if isinstance(conf, dict):
+        alpha = conf.get("lora_alpha")
+    if not isinstance(r, int) or r < 1 or not isinstance(alpha, (int, float)):
+        raise UserError(f"{path}/adapter_config.json needs a rank 'r' >= 1 and a 'lora_alpha' "
+                        f"(it has r={r!r}, lora_alpha={alpha!r}).")
+    weights = path / "adapter_model.safetensors"
+    try:
+        tensors = load_file(str(weights))
+    except Exception as exc:  # missing, truncated, not safetensors: safetensors raises several
+        raise UserError(f"{weights} is missing or corrupt ({str(exc)[:120]}).") from None
+    if not tensors:
+        raise UserError(f"{weights} holds no tensors.")
+    scale = alpha / math.sqrt(r) if conf.get("use_rslora") else alpha / r
+    return conf, tensors, scale
+
+
+def read_peft_lora(path, cfg: ModelConfig) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """A PEFT LoRA adapter directory -> {our weight name: (A (r, in), B (out, r), alpha / r)}
+    (alpha / sqrt(r) with rsLoRA). Refuses, in one sentence, what the engines cannot apply."""
+    conf, tensors, scale = read_peft_adapter(path)
     for key, ok in (("use_dora", False), ("fan_in_fan_out", False), ("modules_to_save", None)):
         if conf.get(key) not in (ok, None, [] if ok is None else ok):
             raise UserError(f"{path}: adapters with {key}={conf[key]} are not served by the "
                             "native engine (--engine hf serves them).")
     if conf.get("bias", "none") != "none":
         raise UserError(f"{path}: LoRA biases are not served by the native engine.")
-    r, alpha = conf["r"], conf["lora_alpha"]
-    scale = alpha / math.sqrt(r) if conf.get("use_rslora") else alpha / r
     ours = {}
     for i in range(cfg.n_layer):
         for n in ("attn.wq", "attn.wk", "attn.wv", "attn.wo", "ffn.w1", "ffn.w2", "ffn.w3"):
             ours[hf_name(f"h.{i}.{n}").removesuffix(".weight")] = f"h.{i}.{n}"
     factors: dict = {}
-    for key, t in load_file(str(path / "adapter_model.safetensors")).items():
+    for key, t in tensors.items():
         module, _, kind = key.removeprefix("base_model.model.").rpartition(".lora_")
         name = ours.get(module)
         if name is None or kind not in ("A.weight", "B.weight"):
             raise UserError(f"{path}: the native engine cannot place '{key}'.")
         factors.setdefault(name, {})[kind[0]] = t
+    incomplete = sorted(n for n, w in factors.items() if set(w) != {"A", "B"})
+    if incomplete:
+        raise UserError(f"{path}: {incomplete[0]} has only one of its two LoRA factors.")
     return {n: (w["A"], w["B"], scale) for n, w in factors.items()}

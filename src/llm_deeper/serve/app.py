@@ -7,32 +7,48 @@ content / reasoning_content / tool_calls (chat/reply.py) -> JSON, or server-sent
 `stream` is set (streaming.py).
 
 Every error is an OpenAI error object with a 4xx status (401 bad key, 404 unknown model,
-413 body too large, 400 anything else about the request).
+408 body too slow, 413 body too large, 400 anything else about the request); the key, the body
+limit and idle connections are limits.py's.
 """
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import UserError
 from .engine import Engine
-from .prompts import chat_jobs, completion_jobs
+from .limits import Guard
+from .prompts import chat_jobs, check_text, completion_jobs
 from .protocol import APIError, ChatRequest, CompletionRequest, error_body, now
 from .streaming import chat_answer, chat_stream, completion_answer, completion_stream
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_SEQUENCES = 16  # prompts x n of one request
 SSE = "text/event-stream"
 
 
+class _ErrorResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: an error that quotes a client's broken
+    text (a lone surrogate) still encodes."""
+
+    def render(self, content) -> bytes:
+        import json
+
+        return json.dumps(content, ensure_ascii=True).encode()
+
+
 def create_app(engine: Engine, served_name: str, api_key: str | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES):
+               max_body_bytes: int = MAX_BODY_BYTES, max_sequences: int = MAX_SEQUENCES,
+               body_timeout: float = 30.0):
     app = FastAPI(title="llm-deeper", version="1", docs_url=None, redoc_url=None)
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes,
+                       body_timeout=body_timeout)
 
     def err(status, message, param=None, type_="invalid_request_error", code=None):
-        return JSONResponse(error_body(message, type_, param, code), status_code=status)
+        return _ErrorResponse(error_body(message, type_, param, code), status_code=status)
 
     @app.exception_handler(APIError)
     async def _api_error(request, exc: APIError):
@@ -58,17 +74,6 @@ def create_app(engine: Engine, served_name: str, api_key: str | None = None,
     async def _internal(request, exc: Exception):  # a bug: still an OpenAI-shaped answer
         return err(500, f"internal error: {type(exc).__name__}", type_="server_error")
 
-    @app.middleware("http")
-    async def _guard(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > max_body_bytes):
-            return err(413, f"request body larger than {max_body_bytes} bytes.")
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                return err(401, "invalid or missing API key (Authorization: Bearer ...).",
-                           type_="authentication_error", code="invalid_api_key")
-        return await call_next(request)
-
     @app.get("/health")
     async def health():
         out = {"status": "ok", "running": engine.running}
@@ -78,25 +83,27 @@ def create_app(engine: Engine, served_name: str, api_key: str | None = None,
 
     @app.get("/v1/models")
     async def list_models():
-        created = now()
+        created = now()  # names only: no file system path leaves the server
         data = [{"id": served_name, "object": "model", "created": created,
-                 "owned_by": "llm-deeper", "root": engine.model_name, "parent": None,
+                 "owned_by": "llm-deeper", "root": served_name, "parent": None,
                  "max_model_len": engine.context_length}]
         data += [{"id": name, "object": "model", "created": created, "owned_by": "llm-deeper",
-                  "root": path, "parent": served_name, "max_model_len": engine.context_length}
-                 for name, path in engine.adapters.items()]
+                  "root": name, "parent": served_name, "max_model_len": engine.context_length}
+                 for name in engine.adapters]
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest):
-        ids, gens = chat_jobs(engine, req, served_name)
+        check_text(req)
+        ids, gens = chat_jobs(engine, req, served_name, max_sequences)
         if req.stream:
             return StreamingResponse(chat_stream(engine, req, ids, gens), media_type=SSE)
         return await chat_answer(engine, req, ids, gens)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
-        jobs = completion_jobs(engine, req, served_name)
+        check_text(req)
+        jobs = completion_jobs(engine, req, served_name, max_sequences)
         if req.stream:
             return StreamingResponse(completion_stream(engine, req, jobs), media_type=SSE)
         return await completion_answer(engine, req, jobs)

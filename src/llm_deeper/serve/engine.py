@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..errors import UserError
 from ..sampling import SamplingParams, choose, log_softmax
 
 
@@ -55,6 +56,9 @@ class Engine(Protocol):
 
     def generate(self, req: GenRequest) -> Iterator[Step]: ...
 
+    def finish_all(self) -> None:
+        """End every running request with a finish reason (graceful shutdown)."""
+
 
 def next_step(logits: np.ndarray, req: GenRequest, previous: list[int], generated: list[int],
               rng: np.random.Generator) -> Step:
@@ -62,8 +66,12 @@ def next_step(logits: np.ndarray, req: GenRequest, previous: list[int], generate
     mask, temperature/top-k/top-p/min-p), with the log-probabilities it asked for: those of the
     model's distribution after penalties and the mask, before temperature and truncation (as
     vLLM reports them by default)."""
-    allowed = req.constraint(generated) if req.constraint is not None else None
-    tok, z = choose(logits, req.params, rng, previous, allowed)
+    try:
+        allowed = req.constraint(generated) if req.constraint is not None else None
+        tok, z = choose(logits, req.params, rng, previous, allowed)
+    except Exception as exc:  # this request's grammar or numbers failed: it alone ends
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        raise UserError(f"generation stopped: {first}") from exc
     step = Step(tok)
     if req.top_logprobs is not None:
         lp = log_softmax(z)

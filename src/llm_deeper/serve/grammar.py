@@ -69,6 +69,16 @@ class GrammarFactory:
                 f"body: %json {json.dumps(body)}\n")
         return self.llg.LLMatcher.grammar_from_lark(lark)
 
+    def check(self, grammar: str) -> None:
+        """Compile the grammar and take its first step: a grammar llguidance rejects, or one
+        that cannot produce anything (a schema whose $refs only point at each other), is a
+        UserError now instead of an empty answer later."""
+        c = self.constraint(grammar)
+        first = c([])
+        if c.matcher.is_error() or not first.any():
+            reason = (c.matcher.get_error() or "no output satisfies it").splitlines()[0]
+            raise UserError(f"the schema cannot be enforced ({reason[:200]}).")
+
     def constraint(self, grammar: str) -> Constraint:
         is_error, msgs = self.llg.LLMatcher.validate_grammar_with_warnings(grammar,
                                                                            self.tokenizer)

@@ -42,6 +42,7 @@ class HFEngine:
         self.vocab_size = int(m.get_output_embeddings().weight.shape[0])
         self.lock = threading.Lock()  # one request at a time
         self.running = 0  # requests generating now (0 or 1 here); /health reports it
+        self._finishing = threading.Event()
         self._grammar = None
 
     @property
@@ -52,6 +53,10 @@ class HFEngine:
 
             self._grammar = GrammarFactory(self.tokenizer, self.vocab_size)
         return self._grammar
+
+    def finish_all(self) -> None:
+        """End the running request (and any that start) as if it had reached max_tokens."""
+        self._finishing.set()
 
     def generate(self, req: GenRequest) -> Iterator[Step]:
         if req.adapter is not None and req.adapter not in self.adapters:
@@ -71,7 +76,7 @@ class HFEngine:
         next_logits, state = next_logits_fn(self.model, self.device), {}
         with self._adapter_ctx(req.adapter):
             for _ in range(req.params.max_tokens):
-                if req.cancelled.is_set():  # the client went away
+                if req.cancelled.is_set() or self._finishing.is_set():  # gone, or shutting down
                     return
                 step = next_step(next_logits(ids, state), req, ids, new, rng)
                 yield step

@@ -1,18 +1,26 @@
 """`llm-deeper serve`: the engine, the app, and the HTTP server around them.
 
-The native engine runs its loop on the main thread and uvicorn on a side thread (see native.py
-for why); the hf engine lets uvicorn run the main thread; vllm hands the process over to
+uvicorn runs on a side thread; the main thread runs the native engine's loop (see native.py for
+why) or, for the hf engine, waits, and it owns the signals. vllm hands the process over to
 `vllm serve` with the equivalent options.
+
+Before the model loads (seconds): every adapter is read and checked, and the port is tried, so a
+mistake is one sentence at once. Shutdown (SIGTERM or Ctrl-C): the server stops accepting
+connections, running requests go on for up to `shutdown_grace` seconds, then end with finish
+reason "length" and a proper end of stream; the process exits 0. A second signal ends them at
+once.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 from ..errors import UserError
 
@@ -24,8 +32,12 @@ def parse_lora_modules(specs: list[str]) -> dict[str, str]:
         name, sep, path = s.partition("=")
         if not sep or not name or not path:
             raise UserError(f"--lora-modules takes name=path, got '{s}'.")
-        if not os.path.isfile(os.path.join(path, "adapter_config.json")):
-            raise UserError(f"--lora-modules {name}: {path} is not a PEFT adapter directory.")
+        from ..pretrained.weights import read_peft_adapter
+
+        try:
+            read_peft_adapter(path)
+        except UserError as exc:
+            raise UserError(f"--lora-modules {name}: {exc}") from None
         out[name] = path
     return out
 
@@ -55,16 +67,23 @@ class ServerThread:
     waits for the thread."""
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "error",
-                 timeout: float = 60):
+                 timeout: float = 60, max_connections: int | None = 256,
+                 keep_alive: float = 5.0, header_timeout: float = 10.0,
+                 graceful_timeout: float | None = None):
         import uvicorn
+
+        from .limits import TimedH11Protocol
 
         if port == 0:
             with socket.socket() as s:
                 s.bind((host, 0))
                 port = s.getsockname()[1]
         self.host, self.port = host, port
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
-                                                    log_level=log_level))
+        protocol = type("Protocol", (TimedH11Protocol,), {"header_timeout": header_timeout})
+        self.server = uvicorn.Server(uvicorn.Config(
+            app, host=host, port=port, log_level=log_level, http=protocol,
+            limit_concurrency=max_connections, timeout_keep_alive=keep_alive,
+            timeout_graceful_shutdown=graceful_timeout))
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="http")
         self.thread.start()
         deadline = time.time() + timeout
@@ -89,53 +108,100 @@ class ServerThread:
         self.close()
 
 
-def make_engine(model: str, engine: str = "native", lora: dict[str, str] | None = None,
-                device: str = "cpu", max_num_seqs: int = 64, kv_cache_gb: float = 1.0,
-                block_size: int = 16):
+@dataclass
+class ServeOptions:
+    """Everything `llm-deeper serve` takes (commands/serve.py spells each as an option)."""
+    model: str = "smollm2-135m"
+    engine: str = "native"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    lora_modules: tuple[str, ...] = ()
+    served_name: str | None = None
+    device: str = "cpu"
+    max_num_seqs: int = 64  # native: requests decoded together
+    kv_cache_gb: float = 1.0
+    block_size: int = 16
+    max_sequences_per_request: int = 16  # prompts x n
+    max_body_mb: float = 4.0
+    max_connections: int = 256  # open connections + requests; beyond it uvicorn answers 503
+    keep_alive: float = 5.0  # seconds an idle keep-alive connection stays open
+    header_timeout: float = 10.0  # seconds a request's headers may take
+    shutdown_grace: float = 30.0  # seconds running requests get after SIGTERM / Ctrl-C
+
+
+def make_engine(o: ServeOptions, lora: dict[str, str]):
     """The engine object the app serves (native or hf)."""
-    if engine == "native":
+    if o.engine == "native":
         from .native import NativeEngine
 
-        return NativeEngine(model, device, max_num_seqs=max_num_seqs, block_size=block_size,
-                            kv_cache_bytes=int(kv_cache_gb * 2**30), adapters=lora,
-                            start=False)  # serve() runs its loop on this thread
-    if engine == "hf":
+        return NativeEngine(o.model, o.device, max_num_seqs=o.max_num_seqs,
+                            block_size=o.block_size, kv_cache_bytes=int(o.kv_cache_gb * 2**30),
+                            adapters=lora, start=False)  # serve() runs its loop on this thread
+    if o.engine == "hf":
         from .hf_engine import HFEngine
 
-        return HFEngine(model, lora, device=device)
-    raise UserError(f"--engine must be one of {', '.join(ENGINES)}, got '{engine}'.")
+        return HFEngine(o.model, lora, device=o.device)
+    raise UserError(f"--engine must be one of {', '.join(ENGINES)}, got '{o.engine}'.")
 
 
-def serve(model: str, engine: str = "native", host: str = "127.0.0.1", port: int = 8000,
-          api_key: str | None = None, lora_modules: list[str] | None = None,
-          served_name: str | None = None, device: str = "cpu", max_num_seqs: int = 64,
-          kv_cache_gb: float = 1.0, block_size: int = 16) -> None:
-    lora = parse_lora_modules(lora_modules or [])
-    served = served_name or os.path.basename(os.path.normpath(model))
-    if engine == "vllm":
+def check_port(host: str, port: int) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); is another "
+                            "server there? Pick another --port.") from None
+
+
+def serve(o: ServeOptions) -> None:
+    lora = parse_lora_modules(list(o.lora_modules))
+    served = o.served_name or os.path.basename(os.path.normpath(o.model))
+    if o.engine == "vllm":
         if shutil.which("vllm") is None:
             raise UserError("--engine vllm needs vLLM (pip install vllm, Linux with a CUDA GPU); "
                             "--engine native and --engine hf run anywhere.")
-        argv = vllm_argv(model, host, port, api_key, lora, served)
+        argv = vllm_argv(o.model, o.host, o.port, o.api_key, lora, served)
         print(" ".join(argv), file=sys.stderr)
         os.execvp(argv[0], argv)
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 (only: is the serve extra installed?)
     except ImportError:
         raise UserError("serving needs the 'serve' extra: uv sync --extra serve.") from None
     from .app import create_app
 
-    eng = make_engine(model, engine, lora, device, max_num_seqs, kv_cache_gb, block_size)
-    app = create_app(eng, served, api_key=api_key)
-    if engine != "native":
-        print(f"serving {served} on http://{host}:{port}/v1 (engine {engine})", file=sys.stderr)
-        uvicorn.run(app, host=host, port=port, log_level="warning")
-        return
-    # the model runs on this (main) thread, HTTP on a side thread: see native.py
-    http = ServerThread(app, host, port, log_level="warning")
-    print(f"serving {served} on http://{host}:{port}/v1 (engine {engine})", file=sys.stderr)
-    threading.Thread(target=lambda: (http.thread.join(), eng.stop()), daemon=True).start()
+    check_port(o.host, o.port)
+    eng = make_engine(o, lora)
+    app = create_app(eng, served, api_key=o.api_key,
+                     max_body_bytes=int(o.max_body_mb * 2**20),
+                     max_sequences=o.max_sequences_per_request)
+    http = ServerThread(app, o.host, o.port, log_level="warning",
+                        max_connections=o.max_connections, keep_alive=o.keep_alive,
+                        header_timeout=o.header_timeout, graceful_timeout=o.shutdown_grace + 10)
+    print(f"serving {served} on http://{o.host}:{o.port}/v1 (engine {o.engine})",
+          file=sys.stderr)
+    stopping = threading.Event()
+
+    def on_signal(signum, frame):
+        if stopping.is_set():  # a second signal: end the running requests now
+            eng.finish_all()
+            return
+        stopping.set()
+        print(f"shutting down: no new connections; running requests get {o.shutdown_grace:g} s",
+              file=sys.stderr)
+        http.server.should_exit = True
+        timer = threading.Timer(o.shutdown_grace, eng.finish_all)
+        timer.daemon = True
+        timer.start()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        eng.run_forever()  # returns when the HTTP server stops
-    except KeyboardInterrupt:
-        http.close()
+        if o.engine == "native":  # the model runs on this (main) thread: see native.py
+            threading.Thread(target=lambda: (http.thread.join(), eng.stop()), daemon=True).start()
+            eng.run_forever()  # returns when the HTTP server has stopped
+        while http.thread.is_alive():
+            http.thread.join(0.5)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)

@@ -35,6 +35,7 @@ from .engine import GenRequest, Step, next_step
 from .scheduler import Scheduler, Sequence
 
 _DONE = object()
+_FINISH = object()  # end every request now (the shutdown grace is over)
 
 
 class NativeEngine:
@@ -136,6 +137,11 @@ class NativeEngine:
         """Make run_forever return (after the step in progress)."""
         self.inbox.put(_DONE)
 
+    def finish_all(self) -> None:
+        """End every request at the next step as if it had reached max_tokens: each gets a
+        finish reason and its stream its end (graceful shutdown)."""
+        self.inbox.put(_FINISH)
+
     # ------------------------------------------------------------------ the engine thread
     def run_forever(self) -> None:
         s = self.scheduler
@@ -147,7 +153,12 @@ class NativeEngine:
                     if item is _DONE:
                         self._fail_all(s, "the engine stopped.")
                         return
-                    s.add(item)
+                    if item is _FINISH:
+                        for seq in (*s.running, *s.waiting):
+                            s.finish(seq)
+                            seq.out.put(_DONE)
+                    else:
+                        s.add(item)
                     item = self.inbox.get_nowait()
             except queue.Empty:
                 pass
@@ -194,7 +205,12 @@ class NativeEngine:
             if i in picks:
                 step = Step(picks[i])
             else:
-                step = next_step(rows[i], req, seq.tokens, seq.generated, seq.rng)
+                try:
+                    step = next_step(rows[i], req, seq.tokens, seq.generated, seq.rng)
+                except UserError as exc:  # its grammar or its numbers: this sequence alone
+                    self.scheduler.finish(seq)
+                    seq.out.put(exc)
+                    continue
             seq.out.put(step)
             seq.tokens.append(step.token)
             if (step.token in self.eos_ids and not req.ignore_eos) \

@@ -62,8 +62,10 @@ def chat_grammar(engine: Engine, req: ChatRequest) -> str | None:
             raise APIError(400, "tool_choice.function.name is required.", "tool_choice")
         tools = [{"name": t.function.name, "parameters": t.function.parameters} for t in req.tools]
         try:
-            return engine.grammar.tool_calls(tools, only)
-        except UserError as exc:
+            grammar = engine.grammar.tool_calls(tools, only)
+            engine.grammar.check(grammar)
+            return grammar
+        except (UserError, ValueError) as exc:
             raise APIError(400, str(exc), "tool_choice") from None
     if rf is None or rf.type == "text":
         return None
@@ -75,7 +77,7 @@ def chat_grammar(engine: Engine, req: ChatRequest) -> str | None:
         schema = rf.json_schema.schema_
     try:
         grammar = engine.grammar.json_schema(schema)
-        engine.grammar.constraint(grammar)  # compile once here: a bad schema is a 400
+        engine.grammar.check(grammar)  # compile and step once here: a bad schema is a 400
     except (UserError, ValueError) as exc:
         raise APIError(400, f"response_format: {exc}", "response_format") from None
     return grammar
@@ -115,8 +117,38 @@ def resolve_adapter(engine: Engine, model: str, served: str) -> str | None:
     raise APIError(404, f"The model `{model}` does not exist.", "model", code="model_not_found")
 
 
-def chat_jobs(engine: Engine, req: ChatRequest, served: str) -> tuple[list[int], list]:
+def check_text(req) -> None:
+    """Every string of a request must be encodable text: a lone surrogate ("\\ud800", legal in
+    JSON, not in UTF-8) is a 400 here rather than an encoding error deep in the tokenizer."""
+    def walk(value, where):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise APIError(400, f"{where or 'body'} holds a lone surrogate (an unpaired "
+                               "\\ud800-\\udfff escape), which is not text.", where) from None
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(k, where)
+                walk(v, f"{where}.{k}" if where else str(k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+
+    walk(req.model_dump(), "")
+
+
+def check_sequences(n: int, limit: int) -> None:
+    if n > limit:
+        raise APIError(400, f"this request asks for {n} sequences (prompts x n); the server "
+                       f"generates at most {limit} per request (--max-sequences-per-request).",
+                       "n")
+
+
+def chat_jobs(engine: Engine, req: ChatRequest, served: str,
+              max_sequences: int = 16) -> tuple[list[int], list]:
     """The prompt's ids and one GenRequest per choice (n) of a chat request."""
+    check_sequences(req.n, max_sequences)
     adapter = resolve_adapter(engine, req.model, served)
     grammar = chat_grammar(engine, req)
     ids = encode(engine, render_messages(engine, req))
@@ -129,12 +161,14 @@ def chat_jobs(engine: Engine, req: ChatRequest, served: str) -> tuple[list[int],
     return ids, gens
 
 
-def completion_jobs(engine: Engine, req, served: str) -> list[tuple[str, list[int], object]]:
+def completion_jobs(engine: Engine, req, served: str,
+                    max_sequences: int = 16) -> list[tuple[str, list[int], object]]:
     """(prompt, its ids, GenRequest) for each prompt and choice of a completions request."""
     adapter = resolve_adapter(engine, req.model, served)
     prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
     if not prompts or any(not p for p in prompts):
         raise APIError(400, "prompt must be a non-empty string.", "prompt")
+    check_sequences(len(prompts) * req.n, max_sequences)
     jobs = []
     for p in prompts:
         ids = encode(engine, p)

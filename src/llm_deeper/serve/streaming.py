@@ -130,6 +130,16 @@ def usage(prompt: int, completion: int) -> dict:
             "total_tokens": prompt + completion}
 
 
+def stream_error(exc: Exception) -> dict:
+    """The error event of a stream that fails after its 200 went out (as vLLM sends it)."""
+    from ..errors import UserError
+    from .protocol import error_body
+
+    if isinstance(exc, UserError):
+        return error_body(str(exc))
+    return error_body(f"internal error: {type(exc).__name__}", "server_error")
+
+
 def _sse(obj) -> bytes:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
@@ -236,6 +246,9 @@ async def chat_stream(engine: Engine, req, ids: list[int], gens: list[GenRequest
                         "model": model, "choices": [],
                         "usage": usage(prompt_len, completion)})
         yield b"data: [DONE]\n\n"
+    except Exception as exc:  # this request failed mid-stream: say so, and end the stream
+        yield _sse(stream_error(exc))
+        yield b"data: [DONE]\n\n"
     finally:  # the client went away (or we finished): stop generating, free the cache
         for g in gens:
             g.cancelled.set()
@@ -265,6 +278,9 @@ async def completion_stream(engine: Engine, req, jobs: list):
         if include_usage:
             yield _sse({"id": cid, "object": "text_completion", "created": created,
                         "model": model, "choices": [], "usage": usage(prompt_total, completion)})
+        yield b"data: [DONE]\n\n"
+    except Exception as exc:  # this request failed mid-stream: say so, and end the stream
+        yield _sse(stream_error(exc))
         yield b"data: [DONE]\n\n"
     finally:
         for _, _, g in jobs:

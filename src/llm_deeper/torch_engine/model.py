@@ -103,8 +103,10 @@ class TorchGPT(nn.Module):
                 if not hasattr(mod, part):
                     mod.add_module(part, _Params())
                 mod = getattr(mod, part)
-            tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value))
-            mod.register_parameter(last, nn.Parameter(tensor.to(dtype).clone()))
+            if not isinstance(value, torch.Tensor):  # no copy yet: the one below is enough
+                value = torch.from_numpy(np.asarray(value) if np.asarray(value).flags.writeable
+                                         else np.array(value))
+            mod.register_parameter(last, nn.Parameter(value.to(dtype, copy=True)))
         self.use_sdpa = True
 
     def param_dict(self) -> dict[str, torch.Tensor]:
@@ -131,19 +133,28 @@ class TorchGPT(nn.Module):
     def fuse_for_inference(self) -> TorchGPT:
         """Extra weights for fast decoding (the parameters stay as they are):
 
-        * wq|wk|wv and w1|w3 concatenated: one matrix-vector product instead of three or two;
+        * wq|wk|wv and w1|w3 concatenated: one matrix-vector product instead of three or two.
+          The parameters then become views into the concatenation (no second copy; an adapter
+          or a training step still sees them as separate matrices);
         * the LM head stored column-major (in, out): on CPU a batch-1 product with a transposed
           (49152 x 576) matrix streams memory almost twice as fast as with the row-major one.
-        Costs a second copy of those weights. Outputs are unchanged up to float rounding."""
+          This one is a second copy (of the embedding, when tied).
+        Outputs are unchanged up to float rounding."""
         p = dict(self.named_parameters())
         cfg, fused = self.cfg, {}
         if cfg.bias or cfg.attention == "mla":
             return self
+        def fuse(names):
+            whole = torch.cat([p[n] for n in names])
+            for n, part in zip(names, whole.split([p[n].shape[0] for n in names])):
+                p[n].data = part  # the parameter is now a view of its rows of `whole`
+            return whole
+
         for i in range(cfg.n_layer):
             pre = f"h.{i}."
-            fused[pre + "attn.wqkv"] = torch.cat([p[pre + "attn." + n] for n in ("wq", "wk", "wv")])
+            fused[pre + "attn.wqkv"] = fuse([pre + "attn." + n for n in ("wq", "wk", "wv")])
             if cfg.activation == "swiglu":
-                fused[pre + "ffn.w13"] = torch.cat([p[pre + "ffn.w1"], p[pre + "ffn.w3"]])
+                fused[pre + "ffn.w13"] = fuse([pre + "ffn.w1", pre + "ffn.w3"])
         head = p["wte"] if cfg.tie_embeddings else p["lm_head"]
         if head.device.type == "cpu":
             fused["lm_head.decode"] = head.t().contiguous().t()

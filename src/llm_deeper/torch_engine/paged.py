@@ -49,14 +49,26 @@ class PagedKVCache:
                  device="cpu"):
         check_supported(cfg)
         shape = (cfg.n_layer, num_blocks, block_size, cfg.n_kv_head, cfg.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k, self.v = lazy_zeros(shape, dtype, device), lazy_zeros(shape, dtype, device)
         self.num_blocks, self.block_size = num_blocks, block_size
 
     @staticmethod
     def bytes_per_block(cfg, block_size: int, dtype=torch.float32) -> int:
         item = torch.tensor([], dtype=dtype).element_size()
         return 2 * cfg.n_layer * block_size * cfg.n_kv_head * cfg.head_dim * item
+
+
+def lazy_zeros(shape, dtype, device) -> torch.Tensor:
+    """Zeros that take memory only where they are written. `torch.zeros` writes every byte (a
+    1 GB cache is 1 GB resident at once); NumPy's `zeros` is calloc, whose large blocks are fresh
+    pages the kernel maps, already zero, when first touched. Elsewhere (GPUs, bf16): zeros."""
+    import numpy as np
+
+    np_dtype = {torch.float32: np.float32, torch.float64: np.float64,
+                torch.float16: np.float16}.get(dtype)
+    if torch.device(device).type != "cpu" or np_dtype is None:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    return torch.from_numpy(np.zeros(shape, dtype=np_dtype))
 
 
 def check_supported(cfg) -> None:
