@@ -17,6 +17,7 @@ import importlib
 import sys
 
 from .errors import UserError
+from .util import threads
 
 # command name -> module in llm_deeper/commands/ (in the order `llm-deeper --help` lists them)
 COMMANDS: dict[str, str] = {
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        threads.configure()  # one thread per idle core, or LLM_DEEPER_THREADS (util/threads.py)
         return args.run(args) or 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
