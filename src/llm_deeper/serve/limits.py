@@ -3,8 +3,9 @@ bodies, and idle connections.
 
 * `Guard` (ASGI middleware, outermost): every path but /health needs the key when one is set
   (compared in constant time, `hmac.compare_digest`); a request body is read here, whatever its
-  framing (Content-Length or chunked), and refused with 413 once it passes the limit, or 408 when
-  it trickles in slower than the deadline; the app then gets the buffered body.
+  framing (Content-Length or chunked), and refused with 413 once it passes the limit (the rest
+  is read and dropped for up to 2 s, so the client sees the answer), or 408 when it trickles in
+  slower than the deadline; the app then gets the buffered body.
 * `TimedH11Protocol`: uvicorn's HTTP/1.1 protocol with a deadline for each request's headers.
   uvicorn times out a keep-alive connection only after a response; a connection that opens and
   sends nothing, or sends its headers a byte at a time, would stay open for ever.
@@ -62,10 +63,12 @@ class Guard:
             if message["type"] == "http.disconnect":
                 return None
             body += message.get("body", b"")
+            more = message.get("more_body", False)
             if len(body) > self.max_body:
+                body = bytearray()  # the memory goes now; what still comes is read and dropped
+                await self._drain(receive, more)
                 return await send_error(send, 413,
                                         f"request body larger than {self.max_body} bytes.")
-            more = message.get("more_body", False)
         replayed = False
 
         async def replay():
@@ -76,6 +79,18 @@ class Guard:
             return await receive()  # after the body: the disconnect, when it comes
 
         return await self.app(scope, replay, send)
+
+    async def _drain(self, receive, more: bool, seconds: float = 2.0) -> None:
+        """Read and drop the rest of a refused body for a moment, so a client still sending it
+        gets the 413 instead of a reset connection; a body that goes on longer is cut off."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while more and loop.time() < end:
+            try:
+                message = await asyncio.wait_for(receive(), end - loop.time())
+            except TimeoutError:
+                return
+            more = message.get("more_body", False) and message["type"] == "http.request"
 
 
 class TimedH11Protocol(H11Protocol):
