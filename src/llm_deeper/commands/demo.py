@@ -53,9 +53,14 @@ What you just saw ({minutes:.1f} min):
 * Validation loss {r['val_loss']:.3f} nats per character (a uniform guess over 84 characters
   scores ln 84 = 4.43); the loss curve is in {out_dir / 'loss_curve.png'}.
 * The sample comes from the same model, one character at a time, with a KV cache.
-Next:
+Next, learn how it works (docs/README.md is the whole path):
+  uv run python lessons/00_big_picture/01_what_an_llm_does.py   what an LLM does, on SmolLM2
+  uv run python lessons/00_primers/02_numpy.py                  the NumPy the model is written in
+  uv run python lessons/01_foundations/01_attention_by_hand.py  attention, every number printed
+  uv run python lessons/02_numpy_gpt/00_forward_by_hand.py      this model's forward pass by hand
+  docs/numpy-gpt.md, docs/training.md, docs/generation.md       the model, its training, sampling
+Or keep running it:
   llm-deeper generate --checkpoint {out_dir} --prompt "JULIET:" --temperature 0.8
-  llm-deeper train --preset baby --steps 2000 --out runs/baby     (val loss ~1.9, a few minutes)
   llm-deeper finetune --checkpoint {out_dir} --data sonnets --method lora
   llm-deeper toy      (a 2,453-parameter GPT learns to sort in seconds)""")
     return {"val_loss": r["val_loss"], "seconds": minutes * 60, "steps": steps}
