@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "data": "data",
     "models": "models",
     "presets": "presets",
+    "calc": "calc",
     "merge": "merge",
     "convert": "convert",
     "train": "train",
