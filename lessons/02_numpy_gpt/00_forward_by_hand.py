@@ -147,20 +147,28 @@ def forward(cfg, p, ids, targets=None, show=False):
 
 cfg = ModelConfig(vocab_size=50, context_length=16, n_layer=2, n_head=4, d_model=32,
                   norm="layernorm", activation="gelu", position="learned", bias=True)
-params = init_params(cfg, seed=0, dtype=np.float64)
-for k in params:  # gains start at 1 and biases at 0: perturb them so that every one counts
-    if params[k].ndim == 1:
-        params[k] = params[k] + 0.1 * rng.normal(size=params[k].shape)
 tokens = rng.integers(0, cfg.vocab_size, size=(2, 13))
 ids, targets = tokens[:, :-1], tokens[:, 1:]
-print(f"GPT-2-style: {cfg.n_params():,} parameters, {cfg.n_layer} blocks")
-logits, loss = forward(cfg, params, ids, targets, show=True)
-ref_logits, ref_loss = GPT(cfg, params).forward(ids, targets)
-print(f"loss by hand {loss:.12f}, GPT.forward {ref_loss:.12f}; largest logit difference "
-      f"{np.abs(logits - ref_logits).max():.1e}")
-check("GPT-2-style: logits by hand = GPT.forward (float64, 1e-12)",
-      np.allclose(logits, ref_logits, rtol=0, atol=1e-12))
-check("GPT-2-style: loss by hand = GPT.forward", abs(loss - ref_loss) < 1e-12)
+
+
+def by_hand_and_by_the_package(name, cfg, seed):
+    """Random float64 weights; the forward pass above, shapes printed, against GPT.forward."""
+    params = init_params(cfg, seed=seed, dtype=np.float64)
+    for k in params:  # gains start at 1 and biases at 0: perturb them so that every one counts
+        if params[k].ndim == 1:
+            params[k] = params[k] + 0.1 * rng.normal(size=params[k].shape)
+    print(f"{name}: {cfg.n_params():,} parameters, {cfg.n_layer} blocks")
+    logits, loss = forward(cfg, params, ids, targets, show=True)
+    ref_logits, ref_loss = GPT(cfg, params).forward(ids, targets)
+    print(f"loss by hand {loss:.12f}, GPT.forward {ref_loss:.12f}; largest logit difference "
+          f"{np.abs(logits - ref_logits).max():.1e}")
+    check(f"{name}: logits by hand = GPT.forward (float64, 1e-12)",
+          np.allclose(logits, ref_logits, rtol=0, atol=1e-12))
+    check(f"{name}: loss by hand = GPT.forward", abs(loss - ref_loss) < 1e-12)
+    return params, logits, loss
+
+
+params, logits, loss = by_hand_and_by_the_package("GPT-2-style", cfg, seed=0)
 print(f"an untrained model is nearly uniform: loss {loss:.4f}, "
       f"ln V = {np.log(cfg.vocab_size):.4f}")
 check("at initialisation the loss is close to ln V", abs(loss - np.log(cfg.vocab_size)) < 0.05)
@@ -185,21 +193,10 @@ check("position 0 is not rotated", np.array_equal(rope(v, cos, sin)[0], v[0]))
 
 llama = ModelConfig(vocab_size=50, context_length=16, n_layer=2, n_head=4, n_kv_head=2,
                     d_model=32, d_ff=64, norm="rmsnorm", activation="swiglu", position="rope")
-params = init_params(llama, seed=1, dtype=np.float64)
-for k in params:
-    if params[k].ndim == 1:
-        params[k] = params[k] + 0.1 * rng.normal(size=params[k].shape)
-print(f"Llama-style: {llama.n_params():,} parameters, {llama.n_layer} blocks")
-logits, loss = forward(llama, params, ids, targets, show=True)
-ref_logits, ref_loss = GPT(llama, params).forward(ids, targets)
-print(f"loss by hand {loss:.12f}, GPT.forward {ref_loss:.12f}; largest logit difference "
-      f"{np.abs(logits - ref_logits).max():.1e}")
-check("Llama-style: logits by hand = GPT.forward (float64, 1e-12)",
-      np.allclose(logits, ref_logits, rtol=0, atol=1e-12))
-check("Llama-style: loss by hand = GPT.forward", abs(loss - ref_loss) < 1e-12)
+params, logits, loss = by_hand_and_by_the_package("Llama-style", llama, seed=1)
 no_rope, _ = forward(llama.replace(position="none"), params, ids)
 check("without RoPE the logits differ (the positions matter)",
-      not np.allclose(no_rope, ref_logits, atol=1e-6))
+      not np.allclose(no_rope, logits, atol=1e-6))
 
 # %% [markdown]
 # ## 4. A real model: SmolLM2-135M

@@ -35,7 +35,7 @@ from llm_deeper.hf.models import load, merge
 adapter = Path("runs/tools-lora/adapter")
 if QUICK or not (adapter / "adapter_config.json").is_file():
     rows = tool_calling_dataset(n_train=64, n_val=1, n_test=1)["train"]
-    adapter = Path(finetune("smollm2-135m", rows, str(OUT / "lora"), steps=3 if QUICK else 30,
+    adapter = Path(finetune("smollm2-135m", rows, str(OUT / "lora"), steps=1 if QUICK else 30,
                             batch_size=2, lr=1e-3, progress=not QUICK)["output"])
 print("adapter:", adapter)
 
@@ -49,7 +49,7 @@ merged, _ = load(merged_dir)
 print(type(peft_model).__name__, "vs", type(merged).__name__)
 
 
-def reply(model, messages, n=24 if QUICK else 64):
+def reply(model, messages, n=16 if QUICK else 64):
     enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                   return_dict=True)
     with torch.inference_mode():

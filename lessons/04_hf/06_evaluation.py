@@ -86,7 +86,7 @@ from llm_deeper.torch_engine.model import TorchGPT
 pre = load_gguf(models.require("smollm2-135m"))
 fn = torch_logprobs(TorchGPT(pre.config, pre.params).eval())
 text = load_text("sonnets")
-ids = np.asarray(pre.tokenizer.encode(text))[:1024 if QUICK else 4096]
+ids = np.asarray(pre.tokenizer.encode(text))[:512 if QUICK else 4096]
 for window, stride in ((256, 256), (256, 128), (256, 64)):
     res = perplexity(fn, ids, window, stride)
     print(f"window {window} stride {stride:>3}: perplexity {res.perplexity:7.2f} "
