@@ -94,3 +94,24 @@ def test_every_link_and_lesson_path_in_the_docs_exists():
         for path in re.findall(r"`((?:lessons|docs|tests)/[\w./-]+\.(?:py|md))`", text):
             if "NN_" not in path:  # CONTRIBUTING's placeholder lessons/NN_topic/NN_name.py
                 assert (ROOT / path).exists(), (page.name, path)
+
+
+def test_the_path_gives_every_lesson_a_stage_and_a_measured_time():
+    """docs/README.md, the guided path: every lesson is a step of it, on a table row with the
+    time it takes here, and every command a step names is one of ours."""
+    from llm_deeper.cli import COMMANDS
+
+    path = (ROOT / "docs" / "README.md").read_text()
+    steps = {}
+    for line in path.splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            first = re.findall(r"`([^`]+)`", cells[0])
+            assert re.search(r"\d+(\.\d+)? ?(s|min)\b", line), line  # a time on every step
+            for ref in first:
+                if ref.startswith("llm-deeper "):
+                    assert ref.split()[1] in COMMANDS, ref
+                steps[ref] = line
+    lessons = sorted((ROOT / "lessons").glob("[0-9]*/*.py"))
+    assert lessons and all(str(p.relative_to(ROOT)) in steps for p in lessons), \
+        [str(p.relative_to(ROOT)) for p in lessons if str(p.relative_to(ROOT)) not in steps]
