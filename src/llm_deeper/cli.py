@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "merge": "merge",
     "convert": "convert",
     "train": "train",
+    "scaling": "scaling",
     "generate": "generate",
     "chat": "chat",
     "finetune": "finetune",
@@ -38,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "serve": "serve",
     "toy": "toy",
     "bench": "bench",
+    "docs": "docs",
 }
 
 

@@ -29,6 +29,7 @@ import os
 from pathlib import Path
 from typing import NoReturn
 
+from ..engines import ENGINES
 from ..errors import UserError
 
 HELP = "train a model from scratch"
@@ -69,7 +70,7 @@ RESUME_MAY_CHANGE = ("steps", "eval_interval", "eval_iters", "device", "compile"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--engine", choices=["numpy", "torch"], default=None,
+    p.add_argument("--engine", choices=ENGINES, default=None,
                    help="numpy: hand-written backward pass; torch: autograd, GPUs, torchrun "
                    "(default: numpy; with --resume: the run's)")
     p.add_argument("--preset", default=None,
@@ -158,7 +159,7 @@ def train_run(*, preset_name: str | None = None, data: str | None = None,
     from ..checkpoint import load_checkpoint
     from ..config import preset
     from ..data import load_text, split_train_val
-    from ..params import init_params
+    from ..engines import make_trainer
     from ..train import TrainConfig, train
 
     out_dir = Path(out)
@@ -200,19 +201,7 @@ def train_run(*, preset_name: str | None = None, data: str | None = None,
             raise UserError(f"the {name} of '{data}' has {len(part)} tokens, fewer than "
                             f"context_length + 1 = {cfg.context_length + 1}; use more text or "
                             "a smaller --context-length.")
-    if engine == "torch":
-        from ..torch_engine.model import TorchGPT
-        from ..torch_engine.train import TorchTrainer
-
-        trainer = TorchTrainer(TorchGPT(cfg, init_params(cfg, tc.seed)), device=device,
-                               compile=compile)
-    elif engine == "numpy":
-        from ..numpy_engine.model import GPT
-        from ..numpy_engine.train import NumpyTrainer
-
-        trainer = NumpyTrainer(GPT(cfg, init_params(cfg, tc.seed)))
-    else:
-        raise UserError(f"--engine must be numpy or torch, got '{engine}'.")
+    trainer = make_trainer(engine, cfg, tc.seed, device=device, compile=compile)
     if trainer.rank == 0:
         log(f"model: {cfg.n_params():,} parameters ({cfg.n_layer} layers, d_model "
             f"{cfg.d_model}, {cfg.n_head} heads / {cfg.n_kv_head} kv, {cfg.norm}, "

@@ -1,0 +1,15 @@
+"""`llm-deeper docs`: being written (issue 13)."""
+
+from __future__ import annotations
+
+from ..errors import UserError
+
+HELP = "(being written)"
+
+
+def add_arguments(p) -> None:
+    pass
+
+
+def run(args) -> None:
+    raise UserError("llm-deeper docs is being written.")
