@@ -129,3 +129,18 @@ def test_the_idle_native_engine_holds_the_model_once():
     assert r.returncode == 0, r.stderr[-2000:]
     rss_mb = int(r.stdout.split()[-1]) / 1024
     assert rss_mb < 1500, rss_mb
+
+
+def test_vllm_args_reach_vllm_serve_and_need_the_vllm_engine(capsys):
+    """The GPU knobs (docs/deployment.md) pass through to `vllm serve`, after our own options;
+    with another engine they are refused in one sentence before anything loads."""
+    from llm_deeper.cli import main
+    from llm_deeper.serve.launch import vllm_argv
+
+    argv = vllm_argv("smollm2-135m", "127.0.0.1", 8000, None, {}, "smol",
+                     ("--tensor-parallel-size", "2", "--max-model-len", "8192"))
+    assert argv[:2] == ["vllm", "serve"] and argv[-4:] == ["--tensor-parallel-size", "2",
+                                                            "--max-model-len", "8192"]
+    assert main(["serve", "--engine", "native", "--vllm-args", "--tensor-parallel-size 2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --vllm-args") and len(err.splitlines()) == 1, err

@@ -160,7 +160,11 @@ PRESETS: dict[str, dict] = {
     # nanoGPT's CPU config (BENCHMARKS.md): 0.80M parameters.
     "baby": dict(vocab_size=84, context_length=64, n_layer=4, n_head=4, d_model=128,
                  norm="layernorm", activation="gelu", position="learned", bias=False),
-    # Llama-style siblings: RoPE, RMSNorm, SwiGLU, grouped-query attention.
+    # Llama-style siblings: RoPE, RMSNorm, SwiGLU, grouped-query attention. tiny (97,856
+    # parameters) starts the ladder the scaling sweep climbs (about 5x, 4x, 4x per step; scaling.py):
+    # the same family as small, medium and large, so only the size changes along it.
+    "tiny": dict(vocab_size=84, context_length=128, n_layer=2, n_head=4, n_kv_head=2,
+                 d_model=64, d_ff=176, norm="rmsnorm", activation="swiglu", position="rope"),
     "small": dict(vocab_size=84, context_length=128, n_layer=4, n_head=4, n_kv_head=2,
                   d_model=112, d_ff=288, norm="rmsnorm", activation="swiglu", position="rope"),
     "medium": dict(vocab_size=84, context_length=128, n_layer=6, n_head=4, n_kv_head=2,

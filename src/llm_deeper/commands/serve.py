@@ -43,6 +43,9 @@ def add_arguments(p) -> None:
                    help="seconds a request's headers may take to arrive")
     p.add_argument("--shutdown-grace", type=float, default=30.0,
                    help="seconds running requests may finish after SIGTERM or Ctrl-C")
+    p.add_argument("--vllm-args", default="", metavar="'OPTIONS'",
+                   help="vllm: more options for 'vllm serve', one quoted string, e.g. "
+                   "'--tensor-parallel-size 2 --max-model-len 8192 --gpu-memory-utilization 0.9'")
 
 
 def run(args) -> None:
@@ -55,4 +58,5 @@ def run(args) -> None:
         kv_cache_gb=args.kv_cache_gb, block_size=args.block_size,
         max_sequences_per_request=args.max_sequences_per_request, max_body_mb=args.max_body_mb,
         max_connections=args.max_connections, keep_alive=args.keep_alive,
-        header_timeout=args.header_timeout, shutdown_grace=args.shutdown_grace))
+        header_timeout=args.header_timeout, shutdown_grace=args.shutdown_grace,
+        vllm_args=args.vllm_args))

@@ -14,6 +14,7 @@ once.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -43,9 +44,10 @@ def parse_lora_modules(specs: list[str]) -> dict[str, str]:
 
 
 def vllm_argv(model: str, host: str, port: int, api_key: str | None, lora: dict[str, str],
-              served_name: str) -> list[str]:
+              served_name: str, extra: tuple[str, ...] = ()) -> list[str]:
     """The equivalent `vllm serve` command line (tool calling through the hermes parser, which
-    reads the same <tool_call> format)."""
+    reads the same <tool_call> format), then `extra`: vLLM's own options, e.g. the GPU knobs
+    `--tensor-parallel-size 2 --max-model-len 8192` (docs/deployment.md)."""
     from ..hf.models import hf_dir
 
     argv = ["vllm", "serve", hf_dir(model), "--host", host, "--port", str(port),
@@ -55,7 +57,7 @@ def vllm_argv(model: str, host: str, port: int, api_key: str | None, lora: dict[
         argv += ["--api-key", api_key]
     if lora:
         argv += ["--enable-lora", "--lora-modules", *[f"{k}={v}" for k, v in lora.items()]]
-    return argv
+    return argv + list(extra)
 
 
 ENGINES = ("native", "hf", "vllm")
@@ -128,6 +130,7 @@ class ServeOptions:
     keep_alive: float = 5.0  # seconds an idle keep-alive connection stays open
     header_timeout: float = 10.0  # seconds a request's headers may take
     shutdown_grace: float = 30.0  # seconds running requests get after SIGTERM / Ctrl-C
+    vllm_args: str = ""  # vllm: more options for `vllm serve`, one shell-quoted string
 
 
 def make_engine(o: ServeOptions, lora: dict[str, str]):
@@ -158,11 +161,18 @@ def check_port(host: str, port: int) -> None:
 def serve(o: ServeOptions) -> None:
     lora = parse_lora_modules(list(o.lora_modules))
     served = o.served_name or os.path.basename(os.path.normpath(o.model))
+    if o.vllm_args and o.engine != "vllm":
+        raise UserError(f"--vllm-args are options of 'vllm serve'; they need --engine vllm, "
+                        f"not --engine {o.engine}.")
     if o.engine == "vllm":
         if shutil.which("vllm") is None:
             raise UserError("--engine vllm needs vLLM (pip install vllm, Linux with a CUDA GPU); "
                             "--engine native and --engine hf run anywhere.")
-        argv = vllm_argv(o.model, o.host, o.port, o.api_key, lora, served)
+        try:
+            extra = tuple(shlex.split(o.vllm_args))
+        except ValueError as exc:
+            raise UserError(f"--vllm-args: {exc} (quote it as a shell would).") from None
+        argv = vllm_argv(o.model, o.host, o.port, o.api_key, lora, served, extra)
         print(" ".join(argv), file=sys.stderr)
         os.execvp(argv[0], argv)
     try:
