@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Modules of llm_deeper.figures whose functions register figures (imported by all_figures()).
-MODULES: tuple[str, ...] = ("pages",)
+MODULES: tuple[str, ...] = ("models", "pages")
 
 
 @dataclass(frozen=True)
