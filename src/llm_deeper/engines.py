@@ -7,7 +7,7 @@ from .config import ModelConfig
 from .errors import UserError
 from .train import Trainer
 
-ENGINES = ("numpy", "torch")
+ENGINES = ("numpy", "torch", "mlx")
 
 
 def make_trainer(engine: str, cfg: ModelConfig, seed: int, device: str = "cpu",
@@ -21,6 +21,14 @@ def make_trainer(engine: str, cfg: ModelConfig, seed: int, device: str = "cpu",
         from .torch_engine.train import TorchTrainer
 
         return TorchTrainer(TorchGPT(cfg, init_params(cfg, seed)), device=device, compile=compile)
+    if engine == "mlx":  # MLX's default device: the GPU on Apple silicon, else the CPU
+        try:
+            from .mlx_engine.model import MlxGPT
+            from .mlx_engine.train import MlxTrainer
+        except ImportError:
+            raise UserError("--engine mlx needs MLX: pip install mlx (Apple silicon) or "
+                            "'mlx[cpu]' (Linux).") from None
+        return MlxTrainer(MlxGPT(cfg, init_params(cfg, seed)))
     if engine == "numpy":
         from .numpy_engine.model import GPT
         from .numpy_engine.train import NumpyTrainer

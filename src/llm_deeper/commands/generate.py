@@ -1,4 +1,5 @@
-"""`llm-deeper generate`: text from a checkpoint of ours (NumPy) or an HF model (transformers)."""
+"""`llm-deeper generate`: text from a checkpoint of ours (NumPy or MLX engine) or an HF model
+(transformers)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ HELP = "generate text from a checkpoint or (--model) an HF model"
 
 def add_arguments(p) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a checkpoint of ours (NumPy engine)")
+    src.add_argument("--checkpoint", help="a checkpoint of ours (any engine trained it)")
     src.add_argument("--model", help="an HF directory, registry name or hub id (transformers)")
     p.add_argument("--adapter", default=None,
                    help="a LoRA adapter directory (ours with --checkpoint, PEFT with --model)")
+    p.add_argument("--engine", choices=("numpy", "mlx"), default=None,
+                   help="with --checkpoint: run it in the NumPy engine or in MLX (Apple silicon, "
+                   "or mlx[cpu] on Linux) (default: numpy)")
     p.add_argument("--prompt", default="\n",
                    help="the text to continue, \\n for a newline (default: a newline)")
     p.add_argument("--interactive", action="store_true", help="read prompts, stream answers")
@@ -25,6 +29,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     params = sampling(args)
+    if args.model and args.engine:
+        raise UserError("--engine chooses the engine of a --checkpoint; an HF --model runs in "
+                        "transformers: drop --engine.")
     if args.model:  # transformers (+ PEFT): the shared generation loop over its logits
         from ..generation import stream as stream_ids
         from ..hf.models import engine
@@ -33,6 +40,11 @@ def run(args) -> int:
 
         def pieces(prompt):
             return stream_ids(fn, tok, tok.encode(prompt), params, stop)
+    elif args.engine == "mlx":
+        stream, model, tok = _mlx_model(args.checkpoint, args.adapter)
+
+        def pieces(prompt):
+            return stream(model, tok, prompt, params, use_cache=not args.no_cache)
     else:
         from ..numpy_engine.generate import stream
 
@@ -64,3 +76,22 @@ def run(args) -> int:
         except UserError as exc:  # one bad prompt does not end the session
             print(f"error: {exc}", file=sys.stderr)
     return 0
+
+
+def _mlx_model(checkpoint, adapter):
+    """(stream, MlxGPT, tokenizer) of a checkpoint; one sentence if MLX is missing or the
+    checkpoint needs what the MLX engine does not have (an adapter, MLA)."""
+    from ..checkpoint import load_checkpoint
+
+    if adapter:
+        raise UserError("--engine mlx runs plain checkpoints; for --adapter use --engine numpy.")
+    try:
+        from ..mlx_engine.generate import stream
+        from ..mlx_engine.model import MlxGPT
+    except ImportError:
+        raise UserError("--engine mlx needs MLX: pip install mlx (Apple silicon) or "
+                        "'mlx[cpu]' (Linux).") from None
+    cfg, params, tok, _ = load_checkpoint(checkpoint)
+    if tok is None:
+        raise UserError(f"{checkpoint} has no tokenizer.json; it cannot turn text into ids.")
+    return stream, MlxGPT(cfg, params), tok
