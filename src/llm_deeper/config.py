@@ -161,8 +161,8 @@ PRESETS: dict[str, dict] = {
     "baby": dict(vocab_size=84, context_length=64, n_layer=4, n_head=4, d_model=128,
                  norm="layernorm", activation="gelu", position="learned", bias=False),
     # Llama-style siblings: RoPE, RMSNorm, SwiGLU, grouped-query attention. tiny (97,856
-    # parameters) starts the ladder the scaling sweep climbs (about 5x, 4x, 4x per step; scaling.py):
-    # the same family as small, medium and large, so only the size changes along it.
+    # parameters) starts the ladder the scaling sweep climbs (5.6x, 3.7x, 4x a step to large;
+    # scaling.py): one family, so only the size changes along it.
     "tiny": dict(vocab_size=84, context_length=128, n_layer=2, n_head=4, n_kv_head=2,
                  d_model=64, d_ff=176, norm="rmsnorm", activation="swiglu", position="rope"),
     "small": dict(vocab_size=84, context_length=128, n_layer=4, n_head=4, n_kv_head=2,

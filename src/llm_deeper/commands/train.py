@@ -12,9 +12,11 @@ written) rather than silently ignored:
 * --data: the checkpoint's (recorded since this version as its name or absolute path and the
   text's SHA-256, so leaving --data out resumes on it); another text is refused. A checkpoint
   that does not record its data resumes on --data, `works` if not given.
-* --engine: the checkpoint's (trainer_state.json says which trained it), and the other is
-  refused: both engines read the checkpoint, but resume is bit-exact only within one engine
-  (the dropout RNG state is the NumPy engine's).
+* --data-size: the run's (recorded as the tokens trained on; none: the whole training split);
+  another is refused.
+* --engine: the checkpoint's (trainer_state.json says which trained it), and another is
+  refused: every engine reads the checkpoint, but resume is bit-exact only within one engine
+  (each keeps its own dropout RNG state and rounds its float32 sums its own way).
 * training settings (--batch-size, --grad-accum, --lr, --min-lr, --warmup, --weight-decay,
   --grad-clip, --seed): the run's; another value is refused, since it would change the run.
 * --steps is the new total (more than the run's step); --eval-interval and --eval-iters (only
@@ -31,6 +33,7 @@ from typing import NoReturn
 
 from ..engines import ENGINES
 from ..errors import UserError
+from ..scaling import parse_data_size, resolve_data_size
 
 HELP = "train a model from scratch"
 
@@ -71,14 +74,19 @@ RESUME_MAY_CHANGE = ("steps", "eval_interval", "eval_iters", "device", "compile"
 
 def add_arguments(p) -> None:
     p.add_argument("--engine", choices=ENGINES, default=None,
-                   help="numpy: hand-written backward pass; torch: autograd, GPUs, torchrun "
+                   help="numpy: hand-written backward pass; torch: autograd, GPUs, torchrun; "
+                   "mlx: Apple's MLX (GPU on Apple silicon, mlx[cpu] on Linux) "
                    "(default: numpy; with --resume: the run's)")
     p.add_argument("--preset", default=None,
-                   help="the model's shape: tinygpt, baby, small, medium, large, ... "
+                   help="the model's shape: tinygpt, tiny, baby, small, medium, large, ... "
                    "(see `llm-deeper presets`) (default: baby; with --resume: the run's)")
     p.add_argument("--data", default=None,
                    help="works, a title (sonnets) or a text file (default: works; with "
                    "--resume: the run's)")
+    p.add_argument("--data-size", default=None,
+                   help="train on only the first N tokens (characters with --tokenizer char) of "
+                   "the training split: 50000, 200k, 1.5M or a share, 25%%; the validation "
+                   "text stays the same (default: all; with --resume: the run's)")
     p.add_argument("--tokenizer", default=None,
                    help="char, bpe:N (train byte-level BPE with N ids), or a tokenizer.json "
                    "(default: char; with --resume: the run's)")
@@ -89,8 +97,8 @@ def add_arguments(p) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out exactly, with its model, tokenizer, data, "
                    "engine and training settings: a different --preset, model option, "
-                   "--tokenizer, --data, --engine or training setting is refused (the same "
-                   "value is fine); only --steps (the new total), --eval-interval, "
+                   "--tokenizer, --data, --data-size, --engine or training setting is refused "
+                   "(the same value is fine); only --steps (the new total), --eval-interval, "
                    "--eval-iters, --device, --compile and --no-progress may change")
     p.add_argument("--device", default="cpu", help="torch engine: cpu, cuda, cuda:1, mps")
     p.add_argument("--compile", action="store_true", help="torch engine: torch.compile the model")
@@ -118,7 +126,7 @@ def run(args) -> int:
                   out=out, steps=args.steps, resume=args.resume,
                   overrides=overrides, train_overrides=train_over,
                   progress=not args.no_progress, engine=args.engine, device=args.device,
-                  compile=args.compile)
+                  compile=args.compile, data_size=args.data_size)
     summary = {k: r[k] for k in ("step", "train_loss", "val_loss", "tokens_per_s", "seconds",
                                  "interrupted", "out")}
     if r.get("world_size", 1) > 1 and int(os.environ.get("RANK", "0")) != 0:
@@ -149,19 +157,21 @@ def train_run(*, preset_name: str | None = None, data: str | None = None,
               tokenizer: str | None = None, out: str = "runs/baby", steps: int = 2000,
               resume: bool = False, overrides: dict | None = None,
               train_overrides: dict | None = None, progress: bool = True, log=print,
-              engine: str | None = None, device: str = "cpu", compile: bool = False) -> dict:
+              engine: str | None = None, device: str = "cpu", compile: bool = False,
+              data_size: int | str | None = None) -> dict:
     """Train (or with resume=True continue) a run in `out`; prints what a learner needs and
     returns train()'s figures plus model, tokenizer and out.
 
-    preset_name, data, tokenizer, engine: None means the default (DEFAULTS) for a new run and
-    the checkpoint's for a resumed one, which refuses any value, override or train override
-    that differs from the run's (see the module docstring)."""
+    preset_name, data, tokenizer, engine, data_size: None means the default (DEFAULTS, all of
+    the training split) for a new run and the checkpoint's for a resumed one, which refuses any
+    value, override or train override that differs from the run's (module docstring)."""
     from ..checkpoint import load_checkpoint
     from ..config import preset
     from ..data import load_text, split_train_val
     from ..engines import make_trainer
     from ..train import TrainConfig, train
 
+    parse_data_size(data_size)  # a malformed --data-size is refused before any work
     out_dir = Path(out)
     ck = None
     if resume:
@@ -196,6 +206,14 @@ def train_run(*, preset_name: str | None = None, data: str | None = None,
     extra_state = {k: v for k, v in extra_state.items() if v is not None}
     ids = encode_corpus(tok, text)
     train_ids, val_ids = split_train_val(ids)
+    n_data = resolve_data_size(data_size, len(train_ids), data)  # None: the whole split
+    if resume and data_size is not None and n_data != recorded.get("data_size"):
+        _refuse(out_dir, f"was trained on {recorded.get('data_size') or len(train_ids):,} "
+                f"tokens of its training split, not {n_data or len(train_ids):,}", "data-size",
+                "data")
+    n_data = recorded.get("data_size") if resume else n_data
+    train_ids = train_ids[:n_data]
+    extra_state.update({"data_size": n_data} if n_data else {})
     for name, part in (("training split", train_ids), ("validation split", val_ids)):
         if len(part) < cfg.context_length + 1:
             raise UserError(f"the {name} of '{data}' has {len(part)} tokens, fewer than "
