@@ -2,7 +2,7 @@
 
 With --checkpoint: a NumPy checkpoint of ours adapts to a text (finetune_run below). With
 --model: a real model (SmolLM2, an HF directory, a hub id) learns a conversation dataset with
-TRL + PEFT (hf/finetune.py).
+TRL + PEFT (hf/finetune.py), also by prompt or prefix tuning.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from .common import load_model
 from .train import encode_corpus
 
 HELP = ("full or LoRA fine-tuning: a NumPy checkpoint on text, or (--model) a real model with "
-        "TRL + PEFT on a conversation dataset")
+        "TRL + PEFT on a conversation dataset (also prompt or prefix tuning)")
 DESCRIPTION = HELP + (
     ". Some defaults depend on the path: with --checkpoint (NumPy) / --model (HF), --steps is "
     "300 / 48, --batch-size 12 / 4, --rank 8 / 16, --alpha 16 / 32, and --lr 1e-3 for LoRA / "
-    "3e-4 (NumPy) or 2e-5 (HF) for full fine-tuning.")
+    "3e-4 (NumPy) or 2e-5 (HF) for full fine-tuning; 3e-2 for prompt and 1e-2 for prefix "
+    "tuning.")
 # The path-dependent defaults, applied to the options left at None.
 NUMPY_DEFAULTS = {"steps": 300, "batch_size": 12, "rank": 8, "alpha": 16.0}
 HF_DEFAULTS = {"steps": 48, "batch_size": 4, "rank": 16, "alpha": 32.0}
@@ -37,16 +38,23 @@ def add_arguments(p) -> None:
                    help="HF path: tokens per conversation, longer ones are cut")
     p.add_argument("--resume", action="store_true",
                    help="HF path: continue from the last checkpoint in --out")
-    p.add_argument("--method", choices=["full", "lora", "qlora"], default="lora",
+    p.add_argument("--method", choices=["full", "lora", "qlora", "prompt", "prefix"],
+                   default="lora",
                    help="full: every weight; lora: low-rank adapters; qlora: LoRA on a 4-bit "
-                   "base (HF path, CUDA)")
+                   "base (HF path, CUDA); prompt: learned input embeddings; prefix: learned "
+                   "keys and values in every layer (HF path)")
+    p.add_argument("--num-virtual-tokens", type=int, default=None,
+                   help="prompt/prefix tuning: virtual tokens (default: 20)")
+    p.add_argument("--init", choices=["text", "random"], default="text",
+                   help="prompt/prefix tuning: start from a task sentence (its embeddings, or "
+                   "its keys and values) or at random (default: text)")
     p.add_argument("--out", default="runs/finetune",
-                   help="the run directory (the LoRA adapter goes to OUT/adapter)")
+                   help="the run directory (a PEFT adapter goes to OUT/adapter)")
     p.add_argument("--steps", type=int, default=None,
                    help="optimizer steps (default: 300 with --checkpoint, 48 with --model)")
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate (default: 1e-3 for LoRA; full: 3e-4 with "
-                   "--checkpoint, 2e-5 with --model)")
+                   "--checkpoint, 2e-5 with --model; 3e-2 prompt, 1e-2 prefix)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="windows / conversations per step (default: 12 with --checkpoint, 4 "
                    "with --model)")
@@ -78,6 +86,11 @@ def run(args) -> None:
         return
     if args.method == "qlora":
         raise UserError("--method qlora is for real models (--model) on a GPU.")
+    if args.method in ("prompt", "prefix"):
+        raise UserError(f"--method {args.method} is for real models (--model): PEFT adds its "
+                        "virtual tokens to a transformers model, not to a NumPy checkpoint.")
+    if args.num_virtual_tokens is not None:
+        raise UserError("--num-virtual-tokens is for --method prompt or prefix, with --model.")
     _set_defaults(args, NUMPY_DEFAULTS)
     r = finetune_run(checkpoint=args.checkpoint, data=args.data, method=args.method,
                      out=args.out, steps=args.steps, rank=args.rank, alpha=args.alpha,
@@ -93,7 +106,7 @@ def _run_hf(args) -> None:
     from ..hf.finetune import check_method, finetune
     from ..hf.models import hf_dir
 
-    check_method(args.method)
+    check_method(args.method, args.num_virtual_tokens, args.init)
     _set_defaults(args, HF_DEFAULTS)
     hf_dir(args.model)  # a model that is not there is said before any work
     splits = tool_calling_dataset() if args.dataset == "toolcalls" else load_sft(args.dataset)
@@ -103,7 +116,7 @@ def _run_hf(args) -> None:
     r = finetune(args.model, rows, args.out, method=args.method, steps=args.steps,
                  lr=args.lr, batch_size=args.batch_size, rank=args.rank, alpha=args.alpha,
                  dropout=args.lora_dropout, targets=targets, max_length=args.max_length,
-                 resume=args.resume,
+                 num_virtual_tokens=args.num_virtual_tokens, init=args.init, resume=args.resume,
                  merge_out=args.merge, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one report
         print(json.dumps(r))

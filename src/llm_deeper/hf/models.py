@@ -114,14 +114,22 @@ def next_logits_fn(model, device="cpu"):
 
     from ..generation import cached_next_logits
 
+    # A prompt- or prefix-tuning adapter (PEFT) puts its virtual tokens in front of whatever it
+    # is given, cache or not: it runs on the first call only, which leaves them in the cache,
+    # and the base model continues from there. They take room in the context.
+    peft = getattr(model, "active_peft_config", None)
+    virtual = peft.num_virtual_tokens if getattr(peft, "is_prompt_learning", False) else 0
+    base = model.get_base_model() if virtual else model
+
     @torch.inference_mode()
     def step(new_ids, past):
-        out = model(input_ids=torch.tensor([new_ids], device=device), past_key_values=past,
-                    use_cache=True)
+        out = (base if past is not None else model)(
+            input_ids=torch.tensor([new_ids], device=device), past_key_values=past,
+            use_cache=True)
         return out.logits[0, -1].float().cpu().numpy(), out.past_key_values
 
     config = getattr(model, "config", None)
-    context = int(getattr(config, "max_position_embeddings", None) or 1 << 30)
+    context = int(getattr(config, "max_position_embeddings", None) or 1 << 30) - virtual
     return cached_next_logits(step, context)
 
 

@@ -50,14 +50,42 @@ def generate_batch(model, tok, conversations: list[list[dict]], max_new_tokens: 
             texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                      for c in conversations[i:i + batch_size]]
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            kw = dict(max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                      top_p=None, top_k=None, pad_token_id=pad)
             with torch.inference_mode():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     temperature=None, top_p=None, top_k=None, pad_token_id=pad)
-            n = enc["input_ids"].shape[1]
+                if _prompt_tuned(model):
+                    gen, n = _generate_prompt_tuned(model, enc, **kw), 0
+                else:
+                    gen, n = model.generate(**enc, **kw), enc["input_ids"].shape[1]
             out += [tok.decode(g[n:], skip_special_tokens=True).strip() for g in gen]
     finally:
         tok.padding_side = side
     return out
+
+
+def _prompt_tuned(model) -> bool:
+    return getattr(getattr(model, "active_peft_config", None), "peft_type", None) == \
+        "PROMPT_TUNING"
+
+
+def _generate_prompt_tuned(model, enc, **kw):
+    """Generation with a PEFT prompt-tuning adapter, the virtual tokens placed after each row's
+    left padding. PEFT puts them before it and ignores position ids, which shifts the real
+    tokens of a padded row away from the virtual ones (batched replies then differ from
+    one-by-one replies); here each row sees the positions it had in training. Returns only the
+    new tokens (generate from embeddings does)."""
+    import torch
+
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    virtual = model.get_prompt(batch_size=len(ids))
+    embeds = model.word_embeddings(ids)
+    ones = torch.ones(virtual.shape[1], dtype=mask.dtype)
+    rows, masks = [], []
+    for i, pad in enumerate(int(p) for p in (mask == 0).sum(1)):
+        rows.append(torch.cat([embeds[i, :pad], virtual[i].to(embeds.dtype), embeds[i, pad:]]))
+        masks.append(torch.cat([mask[i, :pad], ones, mask[i, pad:]]))
+    return model.get_base_model().generate(inputs_embeds=torch.stack(rows),
+                                           attention_mask=torch.stack(masks), **kw)
 
 
 def play(model, tok, examples: list[dict], batch_size: int = 8,

@@ -220,6 +220,10 @@ def read_peft_adapter(path) -> tuple[dict, dict[str, np.ndarray], float]:
     except (OSError, ValueError):
         raise UserError(f"{path} is not a PEFT adapter directory (no readable "
                         "adapter_config.json).") from None
+    kind = conf.get("peft_type", "LORA") if isinstance(conf, dict) else "LORA"
+    if kind != "LORA":
+        raise UserError(f"{path} is a {kind} adapter; our engines apply LoRA adapters only "
+                        "(--engine hf runs prompt and prefix tuning through PEFT).")
     r, alpha = conf.get("r") if isinstance(conf, dict) else None, None
     if isinstance(conf, dict):
         alpha = conf.get("lora_alpha")
