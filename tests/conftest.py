@@ -54,8 +54,8 @@ def pytest_sessionstart(session):
 
     Set LLM_DEEPER_NO_PULL=1 to skip this; the tests that need the files then skip with the
     command that fetches them."""
-    if os.environ.get("LLM_DEEPER_NO_PULL"):
-        return
+    if os.environ.get("LLM_DEEPER_NO_PULL") or hasattr(session.config, "workerinput"):
+        return  # (pytest-xdist's workers: the controlling process has pulled)
     from llm_deeper.data import shakespeare
     from llm_deeper.errors import UserError
     from llm_deeper.pretrained import models
@@ -66,3 +66,19 @@ def pytest_sessionstart(session):
             pull()
         except UserError as exc:
             print(f"\n[llm-deeper tests] could not fetch {what}: {exc}")
+
+
+# Under pytest-xdist (`-n 2`, the README's command) tests are spread over worker processes:
+# a module's tests stay on one worker (they share module-scoped fixtures, e.g. a loaded model),
+# while each lesson, a process of its own, goes wherever a worker is free. One thread each:
+# two workers already fill two cores, and more threads would only wait.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["LLM_DEEPER_THREADS"] = "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            module = item.nodeid.split("::")[0]
+            group = item.nodeid if module.endswith("test_lessons.py") else module
+            item.add_marker(pytest.mark.xdist_group(group))

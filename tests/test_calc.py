@@ -345,3 +345,21 @@ def test_training_memory_estimate_is_within_20_percent_of_the_measured_peak(peak
               f"{estimate / 2**20:.1f} MiB (activations {activations / 2**20:.1f})")
         assert 0.8 < estimate / measured < 1.2, (name, measured, estimate)
     assert len(out.splitlines()) == len(RUNS)
+
+
+def test_lora_count_equals_peft():
+    """sizing.lora_params (docs/finetuning.md's figure) = PEFT's trainable count, all linear
+    layers and two targets, on a small GQA Llama built from its config (no weights read)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llm_deeper import sizing
+
+    d = dict(model_type="llama", vocab_size=101, hidden_size=48, intermediate_size=80,
+             num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+             tie_word_embeddings=True, max_position_embeddings=64)
+    a = sizing.from_hf(d, "tiny")
+    for targets, ours in (("all-linear", ("all-linear",)), (["q_proj", "v_proj"], ("wq", "wv"))):
+        base = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in d.items() if k != "model_type"}))
+        peft = get_peft_model(base, LoraConfig(r=4, target_modules=targets))
+        assert peft.get_nb_trainable_parameters()[0] == sizing.lora_params(a, 4, ours)

@@ -189,3 +189,15 @@ check("no-tool conversations have 3 messages, the others 5",
 shared = set(tc[tc.split == "test"].request) & set(tc[tc.split == "train"].request)
 print(f"test requests that also occur in train: {len(shared)}")
 check("the test split shares no request with training", not shared)
+
+# %% [markdown]
+# ## Exercises
+# 1. Which work has the most lines? Answer with one `sort_values` on `works`, and check it
+#    against `max(titles, key=...)` over `shakespeare.load_text(t).splitlines()` as section 3
+#    does for words. (You should find Hamlet, 6,769 lines; Antony and Cleopatra is second.)
+# 2. How often does the word "hamlet" occur in Hamlet? Read it from `freq` and check it with
+#    `Counter(words)["hamlet"]` (answer: 104 times).
+# 3. Fit Zipf's slope over ranks 1 to 100 instead of 10 to 1,000 (change `ranks`). Is it
+#    steeper or flatter? (Flatter: about -0.81 against -1.15; the most common words, "the",
+#    "and", "to", are less frequent than a pure 1/r law predicts from the rest. The check's
+#    range -1.3 to -0.7 still holds.)

@@ -227,3 +227,14 @@ cfg = ModelConfig(vocab_size=2, context_length=T, n_layer=1, n_head=H, d_model=d
 ref, _ = attention_forward(cfg, x, {"a.wq": Wq, "a.wk": Wk, "a.wv": Wv, "a.wo": Wo}, "a.")
 print(f"largest difference from numpy_engine.attention: {np.abs(out - ref).max():.1e}")
 check("the reshapes above = numpy_engine.attention", np.allclose(out, ref, atol=1e-12))
+
+# %% [markdown]
+# ## Exercises
+# 1. Predict the shape of `(8, 1, 6, 1)` broadcast with `(7, 1, 5)` by the rule of section 3,
+#    then add the pair to the loop: its check compares `broadcast_shape` with NumPy's
+#    (answer: `(8, 7, 6, 5)`).
+# 2. What is `np.int8(100) + np.int8(100)`? Work it out from the wrap-around (200 - 256), then
+#    run it (answer: -56, with a RuntimeWarning about the overflow).
+# 3. Split `x` of shape `(2, 5, 12)` into 3 heads instead of 4 (`H, hd = 3, 4`) and rerun
+#    section 6: which checks still pass? (All of them: the reshape and transpose do not depend
+#    on the number of heads, and the comparison with `numpy_engine.attention` uses the same H.)

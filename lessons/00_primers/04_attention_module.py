@@ -61,11 +61,12 @@ causal = np.tril(np.ones((T, T), dtype=bool))
 print("causal mask (1: allowed):\n", causal.astype(int))
 y, P = attention(x, Wq, Wk, Wv, Wo, causal)
 print(f"x {x.shape} -> output {y.shape}, weights {P.shape}; sequence 0's weights:\n", P[0])
-check("every row of weights sums to one", np.allclose(P.sum(-1), 1))
 check("no weight on a future key", np.all(P[:, ~causal] == 0))
 cfg = ModelConfig(vocab_size=2, context_length=T, n_layer=1, n_head=1, d_model=d)
-ref, _ = attention_forward(cfg, x, {"a.wq": Wq, "a.wk": Wk, "a.wv": Wv, "a.wo": Wo}, "a.")
+ref, ref_cache = attention_forward(cfg, x, {"a.wq": Wq, "a.wk": Wk, "a.wv": Wv, "a.wo": Wo}, "a.")
 print(f"largest difference from numpy_engine.attention: {np.abs(y - ref).max():.1e}")
+check("the weights = those numpy_engine.attention keeps for its backward (cache.P)",
+      np.allclose(P, ref_cache.P[:, 0, 0], rtol=0, atol=1e-12))
 check("the module = numpy_engine.attention (1 head, identity output projection)",
       np.allclose(y, ref, atol=1e-12))
 
@@ -132,3 +133,16 @@ check("left padding: the real tokens again equal the sequence alone",
 print("left padding: the padded queries may use no key at all, and the softmax of a row of "
       "-inf is nan:\n", y_left[0, :2, :4])
 check("a query that may use no key gets nan", np.isnan(y_left[0, :2]).all())
+
+# %% [markdown]
+# ## Exercises
+# 1. Pad sequence 0 as well (`lengths = np.array([4, 3])`) and predict which check of section 2
+#    fails. ("sequence 0 (no padding) is unchanged": its real tokens are, since the causal mask
+#    already hid position 4 from them, but the padded query at position 4 may no longer attend
+#    to itself. Turn that check into a `print`: every other check passes.)
+# 2. Pass both masks to PyTorch at once: `attn_mask=torch.from_numpy(allowed)` already holds the
+#    causal part, so what does adding `is_causal=True` do? (PyTorch refuses: it raises an error
+#    when both are given; try it.)
+# 3. How large is the score matrix of one head for a batch of 8 sequences of 4,096 tokens in
+#    float32? (Answer: 8 x 4,096 x 4,096 x 4 bytes = 512 MiB per head: why fused kernels never
+#    store it, `03_modern/05_flash_attention.py`.)

@@ -81,8 +81,12 @@ for h in range(H):
     print(f"head {h}: q, k, v {q.shape}; scores {S.shape}; output {heads[-1].shape}")
 print("last row of sequence 0 (token 5 looking back) in each head:\n",
       np.array([P[0, -1] for P in weights]))
-check("every head's weights are causal and sum to one",
-      all(np.allclose(P.sum(-1), 1) and np.all(P[:, ~causal] == 0) for P in weights))
+check("every head's weights are causal (zero above the diagonal)",
+      all(np.all(P[:, ~causal] == 0) for P in weights))
+cfg = ModelConfig(vocab_size=2, context_length=T, n_layer=1, n_head=H, d_model=d)
+_, ref_cache = attention_forward(cfg, x, {"a.wq": Wq, "a.wk": Wk, "a.wv": Wv, "a.wo": Wo}, "a.")
+check("every head's weights = the package's (its cache keeps P, (B, n_head, 1, T, T) here)",
+      all(np.allclose(weights[h], ref_cache.P[:, h, 0], rtol=0, atol=1e-12) for h in range(H)))
 
 # %% [markdown]
 # ## 4. Concatenate the heads and project
@@ -96,7 +100,6 @@ y = O @ Wo.T
 print(f"concatenated {O.shape} -> output {y.shape}")
 check("concat then project = the sum of each head through its columns of Wo",
       np.allclose(y, sum(heads[h] @ Wo[:, cols(h)].T for h in range(H))))
-cfg = ModelConfig(vocab_size=2, context_length=T, n_layer=1, n_head=H, d_model=d)
 ref, _ = attention_forward(cfg, x, {"a.wq": Wq, "a.wk": Wk, "a.wv": Wv, "a.wo": Wo}, "a.")
 print(f"largest difference from numpy_engine.attention: {np.abs(y - ref).max():.1e}")
 check("4 heads one at a time = numpy_engine.attention's batched heads",
@@ -142,3 +145,14 @@ for KV in (4, 2, 1):
           param_shapes(cfg_g)["h.0.attn.wk"] == (KV * hd, d))
     check(f"{name}: KV cache per token = 2 (K and V) x n_kv_head x head_dim",
           cfg_g.kv_cache_numbers_per_token() == 2 * KV * hd)
+
+# %% [markdown]
+# ## Exercises
+# 1. Set `H = 8` at the top (head_dim becomes 2) and predict the KV cache of the GQA case,
+#    `n_kv_head = 2`, in numbers per token and layer; section 5 prints it and its last check
+#    confirms the formula (answer: 2 x 2 x 2 = 8).
+# 2. In `mha_loop`, which K/V head does query head 5 use when `n_head = 8`, `n_kv_head = 2`?
+#    (Answer: 5 // 4 = 1, the second.)
+# 3. Drop the scale: replace `np.sqrt(hd)` by 1 in section 3. Which check stops the lesson, and
+#    why? (The comparison of the weights with the package's: the scores are now sqrt(4) = 2
+#    times larger, so every softmax is sharper.)

@@ -208,3 +208,16 @@ x = p["wte"][ids] + p["wpe"][:ids.shape[1]]
 check("with zero output projections the block is the identity",
       np.array_equal(block(x, p0, gpt2), x))
 check("with them, it is not", not np.allclose(block(x, p, gpt2), x))
+
+# %% [markdown]
+# ## Exercises
+# 1. Predict the parameters of one GPT-2-style block at `d_model=32` (then `d_ff` = 4 x 32):
+#    attention, MLP and norms separately. Change `d_model` in `gpt2` and rerun; section 4 prints
+#    the counts and its last check compares your formula with the package (answer: attention
+#    4 x 32^2 + 4 x 32 = 4,224, MLP 2 x 32 x 128 + 128 + 32 = 8,352, norms 128: 12,704).
+# 2. In section 5, why must the biases `bo` and `b2` be zeroed along with `wo` and `w2`?
+#    (A sub-layer's output is `... @ wo.T + bo`: with `wo` zero it still adds `bo`; zero both
+#    and the check "with zero output projections the block is the identity" holds exactly.)
+# 3. Remove the first residual (`x = a` instead of `x = x + a` in `block`). Which check stops the
+#    lesson? (The first comparison with the package's layers: "GPT-2-style: the block =
+#    norm_forward, attention_forward, ffn_forward composed".)

@@ -71,3 +71,14 @@ if shakespeare.is_cached():
         print(f"  vocab {size:>5}: {len(sonnets.encode()) / n:.2f} bytes per token")
 else:
     print("(run 'llm-deeper data pull shakespeare' to see this on the sonnets)")
+
+# %% [markdown]
+# ## Exercises
+# 1. Predict the fourth merge from the pieces after three merges (count the pairs yourself),
+#    then run four: `range(4)` in the loop and `BPETokenizer.train(text, 260, "gpt4")`. The check
+#    tells you whether the package agrees (answer: `b' '` + `b'the'` -> `b' the'`).
+# 2. How many tokens does the sentence take after 3, 4 and 5 merges? (Answer: 32, 29, 27; each
+#    merge saves as many tokens as the pair occurred, and the counts fall.)
+# 3. Why does `" the"` become one token but `"the"` at the start of the sentence stays `the`?
+#    (The pre-tokenizer keeps the space with the word that follows it: `" the"` and `"the"` are
+#    different pieces, and merges never cross pieces.)

@@ -293,7 +293,7 @@ fig.savefig(OUT / "unigram_vs_bpe.png")
 print(f"figure: {OUT / 'unigram_vs_bpe.png'}")
 
 # %% [markdown]
-# ## Exercises
+# ## 7. Three questions about segmentations, answered
 # 1. Replace `max` by `+` in Viterbi (counting paths: count[i] = sum of count[j]) to count
 #    how many segmentations `▁wherefore` has with this vocabulary. Check your count by listing
 #    them all with a recursive function.
@@ -305,7 +305,7 @@ print(f"figure: {OUT / 'unigram_vs_bpe.png'}")
 #    measure how much their total log-probability drops and how many tokens it adds. Which
 #    lines change?
 #
-# Solutions below; each is checked against an independent computation.
+# The answers below are each checked against an independent computation.
 
 # %%
 
@@ -346,3 +346,13 @@ print(f"3. without {top!r}: held-out log-likelihood {before:,.0f} -> {after:,.0f
 check("3. removing a piece lowers the likelihood, and exactly the lines that used it change",
       after < before and [a != b for a, b in zip(seg_lines, new_lines)]
       == [top in s for s in seg_lines])
+
+# %% [markdown]
+# ## Exercises
+# 1. Does any unigram piece hold a `▁` anywhere but at its start? Count them with
+#    `sum("▁" in p[1:] for p in logp)`, and say why before you run it (answer: 0; a `▁` marks
+#    where a word begins, and the trainer never lets a piece run across a word boundary).
+# 2. Segment `▁Hamlet` with `viterbi` and check that its score is the sum of `logp` over the
+#    pieces it returns (it must be, to the last digit: a segmentation's log-probability is the
+#    sum of its pieces'). Then find a segmentation with a lower score by hand, e.g. all single
+#    characters, and compare.

@@ -33,6 +33,7 @@ from _common import OUT, QUICK, check
 if not models.is_cached("smollm2-135m"):
     raise SystemExit("run 'llm-deeper models pull smollm2-135m' first")
 
+from llm_deeper.figures.smollm2 import EMBEDDING_GROUPS, draw_embeddings
 from llm_deeper.pretrained.weights import load_gguf
 from llm_deeper.torch_engine.context import StepContext
 from llm_deeper.torch_engine.model import TorchGPT, forward
@@ -222,17 +223,7 @@ check("centring removes most of it (|mean cosine| < 0.05)", abs(centred_cos) < 0
 # covariance $X_c^\top X_c / (n-1)$), and $X_c V_{:, :2}$ the 2-D coordinates.
 
 # %%
-GROUPS = {
-    "numbers": "one two three four five six seven eight nine ten eleven twelve twenty thirty "
-               "forty fifty hundred thousand million billion",
-    "days & months": "Monday Tuesday Wednesday Thursday Friday Saturday Sunday January February "
-                     "March April May June July August September October November December",
-    "countries": "France Germany Italy Spain China Japan India Russia Canada Brazil Mexico Egypt "
-                 "Kenya Australia Sweden Norway Poland Greece Turkey Iran",
-    "colours": "red blue green yellow orange purple pink brown black white grey gray violet "
-               "silver golden turquoise cyan",
-    "pronouns": "I you he she it we they me him her us them my your his its our their mine yours",
-}
+GROUPS = EMBEDDING_GROUPS  # llm_deeper/figures/smollm2.py: the docs' figure uses them too
 words = [(" " + w, gi) for gi, ws in enumerate(GROUPS.values()) for w in ws.split()]
 check(f"all {len(words)} words are single tokens", all(len(tok.encode(w)) == 1 for w, _ in words))
 X = W[[tid(w) for w, _ in words]].double().numpy()  # (n, d)
@@ -268,29 +259,9 @@ if not QUICK:  # importing scikit-learn takes seconds; quick mode keeps the eige
           and np.allclose(np.abs(sk.components_), np.abs(Vt[:10]), atol=1e-8))
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 6), dpi=110, width_ratios=[2, 1])
-for gi, name in enumerate(GROUPS):
-    m = group == gi
-    ax.scatter(xy[m, 0], xy[m, 1], s=18, color=f"C{gi}", label=name)
-    for k in np.nonzero(m)[0]:
-        ax.annotate(words[k][0].strip(), xy[k], fontsize=6, color=f"C{gi}", xytext=(2, 2),
-                    textcoords="offset points")
-ax.set_xlabel(f"PC1 ({share[0]:.0%} of the variance)")
-ax.set_ylabel(f"PC2 ({share[1]:.0%})")
-ax.set_title(f"{len(words)} SmolLM2 token embeddings (576-d) projected by PCA")
-ax.legend(loc="best", fontsize=8)
-bx.hist(norms.numpy(), bins=100, color="C7")
-bx.set_yscale("log")
-bx.set_xlabel("||wte[i]||")
-bx.set_ylabel("tokens")
-bx.set_title(f"norms of all {V:,} rows")
-fig.tight_layout()
-fig.savefig(OUT / "embeddings_pca.png")
+# The same drawing code as the docs' figure (docs/figures/embeddings_pca.png)
+draw_embeddings(OUT / "embeddings_pca.png", [w for w, _ in words], list(GROUPS), group, xy, share,
+                norms.numpy())
 print(f"figure: {OUT / 'embeddings_pca.png'}")
 
 # %% [markdown]

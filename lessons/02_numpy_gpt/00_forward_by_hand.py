@@ -234,3 +234,17 @@ elif models.is_cached("smollm2-135m"):
     print("most likely after 3 tokens:", [pre.tokenizer.decode([i]) for i in top])
 else:
     print("SmolLM2 not cached ('llm-deeper models pull smollm2-135m'): skipping section 4")
+
+# %% [markdown]
+# ## Exercises
+# 1. Count the GPT-2-style model's parameters by hand: token and position tables, then per block
+#    attention ($4d^2 + 4d$), MLP ($2 d\,d_{ff} + d_{ff} + d$) and two LayerNorms ($4d$), then the
+#    final norm. Compare with the printed count (answer: 1,600 + 512 + 2 x 12,704 + 64 = 27,584).
+# 2. Set `n_layer=4` in `cfg` and predict the new count and the loss at initialisation before
+#    running (answer: 27,584 + 2 x 12,704 = 52,992 parameters; the loss stays close to
+#    ln 50 = 3.912, and its check still passes: depth does not change an untrained model's
+#    near-uniform guess).
+# 3. Give the Llama-style model its own output head: `tie_embeddings=False` in `llama`. Which
+#    line of `forward` picks the head, and how many parameters does it add? (The `W_head = ...`
+#    line takes `lm_head`; 50 x 32 = 1,600 more, and the comparison with `GPT.forward` still
+#    holds to 1e-12.)

@@ -15,36 +15,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llm_deeper.config import ModelConfig
+from llm_deeper.figures.layers import activation_curves, activations
 from llm_deeper.numpy_engine.ffn import ACT
 from llm_deeper.torch_engine.model import TorchGPT
 
 from _common import OUT, QUICK, check
 
-a = np.linspace(-4, 4, 401)
-curves = {name: ACT[name][0](a)[0] for name in ("relu", "gelu", "silu")}
-grads = {name: ACT[name][1](np.ones_like(a), ACT[name][0](a)[1]) for name in curves}
+a, curves, grads = activation_curves()  # the engine's forward and backward on a grid of inputs
 for name in curves:
     neg = grads[name][a < -0.5]
     print(f"{name:>5}: mean gradient for inputs below -0.5: {neg.mean():+.4f}")
 check("ReLU passes no gradient below zero", np.all(grads["relu"][a < 0] == 0))
 check("GELU and SiLU do", grads["gelu"][a < -0.5].min() < 0 and grads["silu"][a < -0.5].min() < 0)
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
-for name in curves:
-    axes[0].plot(a, curves[name], label=name)
-    axes[1].plot(a, grads[name], label=name)
-axes[0].set_title("activation")
-axes[1].set_title("derivative")
-for ax in axes:
-    ax.grid(alpha=0.3)
-    ax.legend()
-fig.tight_layout()
-fig.savefig(OUT / "activations.png")
+# The same function draws docs/figures/activations.png (llm_deeper/figures/layers.py)
+activations(OUT / "activations.png", quick=QUICK)
 print(f"figure: {OUT / 'activations.png'}")
 
 # %% [markdown]
@@ -77,3 +62,25 @@ for act, d_ff in (("relu", 192), ("gelu", 192), ("swiglu", 128)):
     print(f"{act:>6}: {cfg.n_params():,} parameters, |grad wte| at init {first_grad:.4f}, "
           f"loss after {steps} steps {loss.item():.3f}")
 check("every variant learns", all(r[2] < np.log(32) - 1.0 for r in results.values()))
+
+# %% [markdown]
+# ## Exercises (answers checked below)
+# 1. Where is GELU's derivative most negative, and how negative? Read it off `grads["gelu"]`
+#    (or the middle panel of the figure). *Answer: at a = -1.42, where g'(a) = -0.129: a unit
+#    pushed further negative there gets a (small) gradient pushing it back.*
+# 2. Check SiLU's hand-written backward against a central finite difference of its forward,
+#    $(f(a + h) - f(a - h)) / 2h$ with $h = 10^{-5}$, on the same grid. *You should see them
+#    agree within 1e-8 everywhere.*
+# 3. A SwiGLU unit with gate $g = -3$ and up $u = 10$: what does silu(g) x u give? *Answer:
+#    -1.42: the negative gate lets through less than 15 % of u, with its sign flipped.*
+
+# %%
+i = int(grads["gelu"].argmin())
+check(f"exercise 1: GELU' is lowest at a = {a[i]:.2f}, {grads['gelu'][i]:.3f}",
+      abs(a[i] + 1.42) < 0.03 and abs(grads["gelu"][i] + 0.129) < 1e-3)
+forward = ACT["silu"][0]
+fd = (forward(a + 1e-5)[0] - forward(a - 1e-5)[0]) / 2e-5
+check("exercise 2: SiLU's backward = finite difference within 1e-8",
+      np.abs(fd - grads["silu"]).max() < 1e-8)
+check("exercise 3: silu(-3) x 10 = -1.42", round(float(forward(np.array([-3.0]))[0][0] * 10), 2)
+      == -1.42)

@@ -258,36 +258,21 @@ check(f"tiled GQA attention at T={T} = numpy_engine.attention to 1e-12",
       np.abs(out9 - naive9).max() < 1e-12)
 
 # %% [markdown]
-# ## 6. The figure: memory against sequence length
-# One layer of SmolLM2's attention, batch 1, log-log axes. The naive curves are straight lines
-# of slope 2 ($T^2$); the tiled ones are flat until the $T$ numbers of log-sum-exp start to
-# count, then slope 1.
+# ## 6. The figure: tiles and memory
+# Left: the tiles of one causal run of `flash_attention_forward` (its `on_block` calls), each
+# (query, key) entry coloured by its tile's kind, numbered in the order the loop computes them.
+# Right: one layer of SmolLM2's attention, batch 1, log-log axes. The naive curves are straight
+# lines of slope 2 ($T^2$); the tiled ones are flat until the $T$ numbers of log-sum-exp start
+# to count, then slope 1. The figure is drawn by the same function as the docs' figure
+# (`llm_deeper.figures.layers.flash_tiles`, docs/figures/flash_tiles.png).
 
 # %%
-import matplotlib
+from llm_deeper.figures.layers import flash_tiles
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-Ts = 2 ** np.arange(7, 18)
-fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-for name, nbytes, style in (("fp32", 4, "-"), ("fp16", 2, "--")):
-    mems = [attention_memory(int(t), 64, bytes_per_number=nbytes) for t in Ts]
-    ax.plot(Ts, [9 * m.naive for m in mems], style, color="C3", label=f"naive (S and P), {name}")
-    ax.plot(Ts, [9 * m.tiled for m in mems], style, color="C0", label=f"tiled 64x64, {name}")
-ax.axhline(80e9, color="gray", lw=0.8)
-ax.text(Ts[0], 80e9 * 1.4, "80 GB (one H100)", color="gray", fontsize=8)
-ax.set_xscale("log", base=2)
-ax.set_yscale("log")
-ax.set_xlabel("sequence length T (tokens)")
-ax.set_ylabel("bytes, one layer (9 heads, batch 1)")
-ax.set_title("Attention memory beyond Q, K, V, O: naive vs tiled")
-ax.grid(alpha=0.3, which="both")
-ax.legend(fontsize=8)
-fig.tight_layout()
-fig.savefig(OUT / "flash_attention_memory.png")
-print(f"figure: {OUT / 'flash_attention_memory.png'}")
-check("the figure was written", (OUT / "flash_attention_memory.png").stat().st_size > 0)
+flash_tiles(OUT / "flash_tiles.png", quick=QUICK)
+print(f"figure: {OUT / 'flash_tiles.png'}")
+check("the figure was written", (OUT / "flash_tiles.png").stat().st_size > 0)
+Ts = 2 ** np.arange(7, 18)  # the figure's grid of lengths
 crossing = next(int(t) for t in Ts if 9 * attention_memory(int(t), 64, bytes_per_number=2).naive
                 > 80e9)
 print(f"naive fp16 passes 80 GB for one layer at T = {crossing:,} on this grid")

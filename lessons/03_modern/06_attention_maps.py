@@ -17,9 +17,7 @@
 # HF directory exported from the GGUF (section 3); every check runs in both modes.
 
 # %%
-import math
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +31,11 @@ from _common import OUT, QUICK, check
 if not models.is_cached("smollm2-135m"):
     raise SystemExit("run 'llm-deeper models pull smollm2-135m' first")
 
+from llm_deeper.figures.smollm2 import ATTENTION_LAYERS, draw_attention_grid
 from llm_deeper.pretrained.weights import load_gguf
-from llm_deeper.torch_engine.context import StepContext
-from llm_deeper.torch_engine.model import TorchGPT, forward
+from llm_deeper.torch_engine.inspect import attention_maps
+from llm_deeper.torch_engine.inspect import record as record_ids
+from llm_deeper.torch_engine.model import TorchGPT
 from llm_deeper.torch_engine.positions import rope_table
 
 torch.set_grad_enabled(False)  # nothing here trains
@@ -53,32 +53,14 @@ print(f"{L} layers, {H} query heads, {KV} KV heads (groups of {G}), head_dim {hd
 # keys and values is asked of a *step context* (`torch_engine/context.py`). A context that
 # writes down what passes through, and otherwise does what the plain one does, is our hook:
 # `attend` receives each layer's q, k (after RoPE) and v; `linear` sees the attention's
-# input (for `wq`) and its output (for `wo`). The package is not changed.
+# input (for `wq`) and its output (for `wo`). It lives in the package,
+# `llm_deeper.torch_engine.inspect.Recorder` (about 15 lines: read it), so that the docs'
+# figure of these maps is drawn by the same code; the engine itself is not changed.
 
 # %%
-@dataclass
-class Recorder(StepContext):
-    """The plain step context, writing down each layer's attention inputs and outputs."""
-
-    qkv: list = field(default_factory=list)  # per layer: q (B, H, T, hd), k, v (B, KV, T, hd)
-    io: dict = field(default_factory=dict)  # 'h.N.attn.wq' | 'h.N.attn.wo' -> (input, output)
-
-    def attend(self, cfg, layer, q, k, v):
-        self.qkv.append((q, k, v))
-        return super().attend(cfg, layer, q, k, v)
-
-    def linear(self, x, p, name):
-        y = super().linear(x, p, name)
-        if name.endswith(("attn.wq", "attn.wo")):
-            self.io[name] = (x, y)
-        return y
-
-
 def record(text):
     ids = tok.encode(text)
-    rec = Recorder()
-    with torch.inference_mode():
-        logits, _ = forward(p, cfg, torch.tensor([ids]), ctx=rec)
+    rec, logits = record_ids(p, cfg, ids)
     return ids, rec, logits
 
 
@@ -122,16 +104,11 @@ check(f"layer {layer}: q and k by hand (projection, then RoPE) = the engine's",
 # $\mathrm{concat}_h(P_h V_{kv(h)})\,W_o^\top$ equals the engine's attention output.
 
 # %%
-def attention_maps(qkv, group=lambda h: h // G):
-    """Per layer: softmax(q k^T / sqrt(hd) + causal mask), (L, H, T, T)."""
-    maps = []
-    for q, k, _ in qkv:
-        n = q.shape[2]
-        k = k[0, [group(h) for h in range(H)]]  # (H, T, hd): each query head's keys
-        s = q[0] @ k.transpose(-1, -2) / math.sqrt(hd)  # (H, T, T)
-        future = torch.ones(n, n, dtype=torch.bool).triu(1)
-        maps.append(s.masked_fill(future, float("-inf")).softmax(-1))
-    return torch.stack(maps)
+# The maps: `attention_maps(rec.qkv, H, group)` (torch_engine/inspect.py) does, per layer,
+#     k = k[0, [group(h) for h in range(H)]]                 # (H, T, hd): each query head's keys
+#     s = q[0] @ k.transpose(-1, -2) / math.sqrt(hd)          # (H, T, T)
+#     softmax(s with -inf above the diagonal)
+# with group(h) = h // 3 unless told otherwise.
 
 
 def layer_outputs(P, qkv, group=lambda h: h // G):
@@ -143,7 +120,7 @@ def layer_outputs(P, qkv, group=lambda h: h // G):
     return torch.stack(outs)
 
 
-P = attention_maps(rec.qkv)  # (L, H, T, T)
+P = attention_maps(rec.qkv, H)  # (L, H, T, T)
 engine_out = torch.stack([rec.io[f"h.{i}.attn.wo"][1][0] for i in range(L)])  # (L, T, d)
 err = float((layer_outputs(P, rec.qkv) - engine_out).abs().max())
 big = float(engine_out.abs().max())
@@ -160,7 +137,7 @@ def swap(h):  # heads 0, 3, 6 on KV head 0, ...
     return h % KV
 
 
-wrong = float((layer_outputs(attention_maps(rec.qkv, swap), rec.qkv, swap) - engine_out)
+wrong = float((layer_outputs(attention_maps(rec.qkv, H, swap), rec.qkv, swap) - engine_out)
               .abs().max())
 print(f"the same with the wrong sharing (head h on KV head h % 3): error {wrong:.2f}")
 check("the sharing is h // 3: the other grouping does not reproduce the model", wrong > 0.1)
@@ -213,20 +190,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-shown = [16, 29] if QUICK else [0, 2, 11, 16, 17, 18, 29]
-labels = [t.strip() or repr(t) for t in toks]
-fig, axes = plt.subplots(len(shown), H, figsize=(2.0 * H, 2.1 * len(shown) + 0.6), dpi=100,
-                         layout="constrained")
-for r, li in enumerate(shown):
-    for h in range(H):
-        ax = axes[r, h]
-        im = ax.imshow(P[li, h].numpy(), cmap="viridis", vmin=0, vmax=1)
-        ax.set_xticks(range(T), labels if r == len(shown) - 1 else [], rotation=90, fontsize=6)
-        ax.set_yticks(range(T), labels if h == 0 else [], fontsize=6)
-        ax.set_title(f"L{li} H{h} (KV {h // G})", fontsize=7)
-fig.colorbar(im, ax=axes, shrink=0.6, label="attention weight")
-fig.suptitle(f"SmolLM2-135M attention maps: {text!r}")
-fig.savefig(OUT / "attention_maps.png")
+# drawn by the same code as the docs' figure (docs/figures/attention_heads.png)
+shown = [16, 29] if QUICK else list(ATTENTION_LAYERS)
+draw_attention_grid(OUT / "attention_maps.png", P, toks, shown,
+                    f"SmolLM2-135M attention maps: {text!r}")
 print(f"figure: {OUT / 'attention_maps.png'}")
 
 # %% [markdown]
@@ -251,7 +218,7 @@ sink, prev = sink_and_previous(P)  # (L, H) each
 other = ("Once upon a time, in a small village by the sea, there lived an old fisherman who "
          "went out every morning before sunrise and came back with his boat full of fish.")
 _, rec2, _ = record(other)
-sink2, prev2 = sink_and_previous(attention_maps(rec2.qkv))
+sink2, prev2 = sink_and_previous(attention_maps(rec2.qkv, H))
 uniform = float(np.mean([1 / (t + 1) for t in range(2, T)]))
 print(f"weight on the first token, layers 3-29: {sink[3:].mean():.2f} here, "
       f"{sink2[3:].mean():.2f} on the second text; uniform on the sentence: {uniform:.2f}")
@@ -272,10 +239,8 @@ check("the same heads are the strongest previous-token heads on the second text"
 
 N = 25
 rand = torch.randint(1000, 20000, (N,), generator=torch.Generator().manual_seed(0)).tolist()
-rec3 = Recorder()
-with torch.inference_mode():
-    logits3, _ = forward(p, cfg, torch.tensor([rand + rand]), ctx=rec3)
-P3 = attention_maps(rec3.qkv)
+rec3, logits3 = record_ids(p, cfg, rand + rand)
+P3 = attention_maps(rec3.qkv, H)
 induction = torch.stack([P3[:, :, N + t, t + 1] for t in range(N - 1)], -1).mean(-1)  # (L, H)
 hits = (logits3[0, :-1].argmax(-1) == torch.tensor(rand + rand)[1:]).float()
 ind_heads = [(i, h) for i, h in zip(*np.nonzero(induction.numpy() > 0.5))]

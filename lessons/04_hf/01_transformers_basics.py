@@ -8,6 +8,7 @@
 # conversation through the chat template, and generate — once with `generate()`, once by hand.
 
 # %%
+import math
 import sys
 from pathlib import Path
 
@@ -102,7 +103,10 @@ check("the model knows Paris", "Paris" in tok.decode(new))
 
 # %% [markdown]
 # ## What the logits mean
-# A softmax turns the last position's logits into a distribution over the 49,152 tokens.
+# A softmax turns the last position's logits into a distribution over the 49,152 tokens. The
+# same probability comes out of the loss transformers computes when given `labels`: the
+# cross-entropy of a token is $-\log p$ of it (labels of -100 are ignored, and the model
+# shifts them by one position itself).
 
 # %%
 with torch.inference_mode():
@@ -110,4 +114,27 @@ with torch.inference_mode():
 top = probs.topk(5)
 for p, i in zip(top.values.tolist(), top.indices.tolist()):
     print(f"  {tok.decode([i])!r:>12}  {p:.3f}")
-check("probabilities sum to 1", abs(float(probs.sum()) - 1) < 1e-4)
+first = new[0]
+check("generate()'s first token is the most likely one", int(top.indices[0]) == first)
+prompt_ids = enc["input_ids"]
+labels = torch.full((1, prompt_ids.shape[1] + 1), -100)
+labels[0, -1] = first  # score only the first generated token
+with torch.inference_mode():
+    loss = model(input_ids=torch.cat([prompt_ids, torch.tensor([[first]])], 1),
+                 labels=labels).loss.item()
+print(f"p({tok.decode([first])!r}) = {float(probs[first]):.5f}; exp(-loss) = {math.exp(-loss):.5f}")
+check("p(first token) = exp(-cross-entropy) that transformers computes from labels (1e-5)",
+      abs(float(probs[first]) - math.exp(-loss)) < 1e-5)
+
+# %% [markdown]
+# ## Exercises
+# 1. How many tokens does `"1609"` take with SmolLM2's tokenizer, and why? Predict, then print
+#    `tok.convert_ids_to_tokens(tok("1609")["input_ids"])` (answer: 4, one per digit: SmolLM2
+#    splits numbers into single digits).
+# 2. Render the conversation with `add_generation_prompt=False`: what is missing at the end, and
+#    what would the model do without it? (The opening `<|im_start|>assistant\n`; the model might
+#    continue the user's turn or start a new one instead of answering.)
+# 3. Score the whole greedy answer with `labels`: set every generated position's label to its
+#    token and the prompt's to -100. Predict the sign of the loss and compare `exp(-loss)` with
+#    the product of the per-token probabilities (answer: positive; exp(-loss) is their geometric
+#    mean, not their product: the loss is a mean over the scored tokens).

@@ -103,3 +103,15 @@ print(f"adapter file: {size / 1e6:.1f} MB (float32) vs the model's {4 * total / 
 print(f"max |adapted - merged| = {float((adapted - after).abs().max()):.2e}")
 check("merged model = adapted model", torch.allclose(adapted, after, atol=1e-3))
 check("merged model is plain transformers", type(merged).__name__ == "LlamaForCausalLM")
+
+# %% [markdown]
+# ## Exercises
+# 1. Predict PEFT's trainable count for `r = 4` from the table of shapes, then change `r` and
+#    rerun: the first check tells you (answer: a quarter of rank 16's: 30 x 4 x 10,176 =
+#    1,221,120).
+# 2. The merged model matches the adapted one to 1e-3, not exactly. Why? (Float32 rounding: the
+#    merge rounds W + (alpha/r) B A once, while the adapter computes x W^T and (alpha/r) x A^T B^T
+#    separately and adds them; the sums are done in different orders.)
+# 3. PEFT starts B at zero and A at random values. Why not both at zero? (The gradient of A is
+#    proportional to B, and that of B to A: with both zero neither would ever move. With B = 0
+#    the adapter is a no-op at first and B gets a gradient at the first step.)

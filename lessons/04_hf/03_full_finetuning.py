@@ -84,3 +84,17 @@ after = assistant_loss(tuned, data["validation"])
 print(f"validation loss after {steps} steps: {after:.3f} (perplexity {math.exp(after):.1f})")
 print(f"written: {r['output']} ({r['weights_bytes'] / 1e6:.0f} MB: a whole model)")
 check("the held-out loss went down", after < before)
+
+# %% [markdown]
+# ## Exercises
+# 1. How much memory does full fine-tuning of SmolLM2 take in float32 with AdamW, before
+#    activations? (Answer: 16 bytes per weight, weights 4 + gradients 4 + two moments 8:
+#    16 x 134,515,008 = 2.15 GB; `llm-deeper calc memory --model smollm2-135m --context 512`
+#    prints the same 0.538 + 0.538 + 1.076 GB, and 0.76 GB of activations for one sequence.)
+# 2. In the printed example, 52 of 339 tokens are learned. Which are they? (The assistant's two
+#    turns: the tool call and the final answer, each with its `<|im_end|>`; the system prompt,
+#    the user's request and the tool's result are context.)
+# 3. Set every label to the token itself (learn the whole conversation). What would the model
+#    learn to produce besides answers? (The system prompt and the user's words, and tool
+#    results it never computed: at inference it might write the tool's answer itself instead
+#    of calling the tool.)

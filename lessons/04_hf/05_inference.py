@@ -11,6 +11,7 @@
 # (docs/hf.md), else trains a small one first (a few steps: it will call tools less well).
 
 # %%
+import datetime
 import sys
 from pathlib import Path
 
@@ -80,5 +81,20 @@ if calls:
     print("final answer:", reply(peft_model, messages))
 else:
     print("(no tool call this time: the adapter is undertrained; run the docs/hf.md command)")
-check("tool results are real", run_call({"name": "days_between", "arguments": {
-    "start": "2025-03-01", "end": "2025-12-25"}}) == "299")
+days = (datetime.date(2025, 12, 25) - datetime.date(2025, 3, 1)).days  # independently
+check(f"the tool's result is real: days_between = datetime's count ({days})",
+      run_call({"name": "days_between", "arguments": {"start": "2025-03-01",
+                                                      "end": "2025-12-25"}}) == str(days))
+
+# %% [markdown]
+# ## Exercises
+# 1. Why must the adapter on top and the merged model give the same tokens, and when could they
+#    differ? (Merging computes W + (alpha/r) B A once; on top, PEFT adds (alpha/r) B (A x) at
+#    every call. Equal up to float rounding, which can flip an argmax only when two tokens are
+#    nearly tied; in float32 on this model they agree.)
+# 2. Ask a question that needs no tool ("Who wrote Hamlet?") with the tools system prompt. What
+#    should `parse_tool_calls` return? (No calls and the whole reply as text; the agent loop then
+#    stops after one request.)
+# 3. Run a tool yourself: `run_call({"name": "days_between", "arguments": {"start":
+#    "2024-02-28", "end": "2024-03-01"}})`. Predict the answer first (answer: "2": 2024 is a leap
+#    year, so 29 February lies between).

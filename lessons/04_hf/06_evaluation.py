@@ -116,3 +116,17 @@ s = score(ex, records, text_metrics=False)
 print(s)
 check("right tool twice, right arguments once", s["tool_name_accuracy"] == 1 and
       s["exact_match"] == 0.5 and s["answer_correct"] == 0.5)
+
+# %% [markdown]
+# ## Exercises
+# 1. Compute ROUGE-2 of `cand` against `ref` by hand (bigram overlap, then F) and compare with
+#    the printed `rouge2` (answer: 10 of the 11 bigrams of each match, F = 10/11 = 0.909: only
+#    the bigram across the reordering point differs).
+# 2. Why does perplexity drop from stride 256 to 128 but not further to 64? (With stride 128
+#    every scored token after the first window sees at least 128 tokens of context; SmolLM2's
+#    predictions gain little from context beyond that on the sonnets, and 512 tokens are few:
+#    the numbers move by noise.)
+# 3. Score a reply with the right tool name and a wrong argument value by hand: which of the
+#    three task metrics count it? (tool_name_accuracy yes, exact_match no, answer_correct only
+#    if the final answer still holds the right result; check with `score` on a record like the
+#    `bad` one above.)

@@ -77,3 +77,15 @@ check("mlx-lm + converted adapter = transformers + PEFT", mlx_out == hf_out)
 # ## Serving it
 # `mlx_lm.server --model <HF dir> --adapter-path <mlx adapter>` starts an OpenAI-compatible
 # server (docs/hf.md); `llm-deeper models export-hf smollm2-135m --out DIR` writes the HF dir.
+
+# %% [markdown]
+# ## Exercises
+# 1. What scale does mlx-lm's config get for `alpha = 16, rank = 8`, and where does PEFT keep the
+#    same number? (Answer: 2.0 = alpha / r; PEFT keeps `lora_alpha` and `r` in
+#    adapter_config.json and computes the scale itself.)
+# 2. What shape has `lora_b` of `v_proj` in the mlx adapter? Predict from SmolLM2's GQA sizes,
+#    then print it from `b` (answer: (8, 192): B^T of a (192, 8) B, since v_proj maps 576 -> 3 x
+#    64 = 192).
+# 3. How many parameters does this adapter hold? Predict from the shapes (rank 8 on q_proj,
+#    576 -> 576, and v_proj, 576 -> 192, in 30 layers), then check with
+#    `sum(v.size for v in a.values())` (answer: 30 x 8 x (1,152 + 768) = 460,800).

@@ -171,3 +171,16 @@ check("every block is back after the runs", blocks_left == 0)
 # %% [markdown]
 # With SmolLM2-135M on a 2-core CPU, `llm-deeper bench serve` measures the same effect through
 # the HTTP server: see docs/serving.md for the figures.
+
+# %% [markdown]
+# ## Exercises
+# 1. Redo the block tables with blocks of 8 slots: how many blocks does each request of 5, 11
+#    and 3 tokens hold, and how many slots stay empty? (Answer: 1, 2 and 1 blocks; 3 + 5 + 5 =
+#    13 empty slots: bigger blocks mean fewer table entries and more waste.)
+# 2. Give the scheduler 8 blocks instead of 6, then 12. Predict the preemptions before running.
+#    (Answer: 8 blocks: none, since two requests run at a time and grow to 4 blocks each; 12
+#    blocks: one, because all four are admitted with 3 blocks each and the pool runs dry when
+#    they need their 4th. More memory can mean more preemption when admission is greedy.)
+# 3. The packed step equals the plain model to 1e-10, not bit for bit. Why? (The same float64
+#    arithmetic in a different order: one matrix product over the 8 packed rows instead of one
+#    per request, and attention over blocks gathered from the pool.)

@@ -29,6 +29,10 @@ if not models.is_cached("smollm2-135m"):
 
 from openai import BadRequestError, OpenAI
 
+from llm_deeper.chat.template import render_chat
+from llm_deeper.hf.models import hf_dir
+from llm_deeper.tokenizers.pretrained import from_tokenizer_json
+
 server = Server()  # llm-deeper serve --port <free port>
 base = server.__enter__()
 print("serving on", base)
@@ -73,6 +77,13 @@ r = client.chat.completions.create(model="smollm2-135m", max_tokens=8, temperatu
                                    messages=[{"role": "user", "content": "Say hello."}])
 print("answer:", repr(r.choices[0].message.content), "| usage:", r.usage.model_dump())
 check("streamed text == plain answer", streamed == r.choices[0].message.content)
+# the usage, counted independently: SmolLM2's chat template rendered and tokenized here
+hf = hf_dir("smollm2-135m")
+template = json.loads((Path(hf) / "tokenizer_config.json").read_text())["chat_template"]
+rendered = render_chat(template, [{"role": "user", "content": "Say hello."}])
+n_prompt = len(from_tokenizer_json(Path(hf) / "tokenizer.json").encode(rendered))
+check(f"usage.prompt_tokens = the rendered prompt's tokens counted here ({n_prompt})",
+      r.usage.prompt_tokens == n_prompt)
 
 story = client.chat.completions.create(
     model="smollm2-135m", max_tokens=40, temperature=0.8, seed=0, stream=True,
@@ -107,11 +118,25 @@ check("the answer parses and has exactly the schema's fields", set(obj) == {"cit
 # The client raises the same exception types it raises against OpenAI's own API.
 
 # %%
+error = None
 try:
     client.chat.completions.create(model="smollm2-135m", max_tokens=10 ** 6,
                                    messages=[{"role": "user", "content": "hi"}])
 except BadRequestError as e:
-    print("400:", e.body)
-    check("context overflow is a 400 with a code", e.body["code"] == "context_length_exceeded")
+    error = e.body
+    print("400:", error)
+check("context overflow is a 400 with a code",
+      error is not None and error["code"] == "context_length_exceeded")
 
 server.__exit__()
+
+# %% [markdown]
+# ## Exercises
+# 1. How many prompt tokens does "Say hello." cost, and where do they come from? Predict from
+#    the rendered template, then compare with the usage printed above (answer: 33; nearly all
+#    are SmolLM2's default system prompt, which the template inserts when none is given).
+# 2. Ask for the same story twice with `temperature=0.8, seed=0`. Are the two streams equal?
+#    (Yes: the server seeds each request's sampler, so a seed makes sampling repeatable; with
+#    `seed=None` they differ.)
+# 3. Send `max_tokens=8190` with the 31-token prompt "hi": is it accepted? (No: 8,190 + 31
+#    exceeds the context of 8,192, the same 400 as above; 8,161 is the largest that fits.)

@@ -116,3 +116,15 @@ with Server() as base:
     check("the streamed call == the plain one",
           (streamed.function.name, streamed.function.arguments)
           == (call.function.name, call.function.arguments))
+
+# %% [markdown]
+# ## Exercises
+# 1. Add a parameter `weeks: int = 0` to `add_days` and predict its schema before printing
+#    `function_schema(add_days)` (answer: `"weeks": {"type": "integer"}`, with no description
+#    until you give it a docstring line, and `required` stays `["date_iso", "days"]`: a
+#    parameter with a default is optional).
+# 2. What date is 45 days after 2024-11-20? Work it out, then call `add_days` (answer:
+#    2025-01-04: 10 days to the end of November, 31 in December, 4 in January).
+# 3. Drop `tool_choice="required"` from the first request. What may change? (The model may
+#    answer in text instead: `tool_calls` is then None, and the lesson's first check is where
+#    you would notice. "required" makes the server constrain the first tokens to a call.)

@@ -157,4 +157,19 @@ check("the forced first call is a valid call of a registered tool",
       res.tool_calls[0]["name"] in registry.fns and isinstance(first, dict))
 check("every result went back to the model as a tool message",
       sum(m["role"] == "tool" for m in res.messages) == len(res.tool_calls))
-check("the loop stays within its bound", res.iterations <= 3)
+tool_messages = [m["content"] for m in res.messages if m["role"] == "tool"]
+check("each result sent back = the tool run again here on the same arguments",
+      tool_messages == [registry.call(c["name"], c["arguments"]) for c in res.tool_calls])
+print(f"{res.iterations} request(s) of at most 3 (max_iterations bounds the loop)")
+
+# %% [markdown]
+# ## Exercises
+# 1. Call `registry.call("convert_units", '{"value": 3, "from_unit": "km", "to_unit": "mile"}')`
+#    and predict the text (answer: "1.864 mile", 3 x 0.621371 rounded to three places).
+# 2. Make `slow_lookup` take 1 s and ask for three cities in `Scripted`. How long should the
+#    parallel loop take, and what should `in_flight["most"]` be? (About 1 s, not 3, and 3:
+#    the calls of one turn run together on the thread pool.)
+# 3. Give `run_agent` `max_iterations=1` against the live server. Why does it stop without an
+#    answer? (The first request, forced to call, returns a call; the loop runs it but has no
+#    request left to send the result back: `res.stopped == "max_iterations"`, `res.answer` is
+#    None.)

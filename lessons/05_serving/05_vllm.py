@@ -78,3 +78,17 @@ with Server("--engine", "vllm", *(["--lora-modules", f"tools={adapter}"] if lora
     check("vLLM returns a parsed tool call",
           call.function.name == "convert_units"
           and isinstance(json.loads(call.function.arguments), dict))
+
+# %% [markdown]
+# ## Exercises
+# (Runnable without a GPU: they are about the command line.)
+# 1. Which flags does `vllm_argv` add when an adapter is given? Predict, then print
+#    `vllm_argv("smollm2-135m", "127.0.0.1", 8000, None, {"tools": "runs/x"}, "smollm2-135m")`
+#    (answer: `--enable-lora --lora-modules tools=runs/x` at the end).
+# 2. Why must vLLM get `--served-model-name smollm2-135m`? (Clients send `model:
+#    "smollm2-135m"`; without the flag vLLM names the model after its directory path, and the
+#    same client code would get a 404 for an unknown model.)
+# 3. Our server answered `tool_choice="required"` by constraining the output to a call. What
+#    does vLLM need for tool calls to come back parsed? (`--enable-auto-tool-choice` and a
+#    parser that knows the model's format, here `hermes` for `<tool_call>{...}</tool_call>`;
+#    without a parser the call stays text in `content`.)

@@ -355,8 +355,8 @@ for (part, kinds), line in zip(rows, axes):
         for r in range(WORLD):
             slice_of(name, owner, r).fill_(r)
         out_dim, in_dim = owner.shape
-        ax.imshow(owner.numpy(), cmap="coolwarm", vmin=0, vmax=WORLD - 1,
-                  extent=(0, in_dim, out_dim, 0), interpolation="nearest")
+        im = ax.imshow(owner.numpy(), cmap=plt.get_cmap("coolwarm", WORLD), vmin=-0.5,
+                       vmax=WORLD - 0.5, extent=(0, in_dim, out_dim, 0), interpolation="nearest")
         ax.set_xlim(0, big)
         ax.set_ylim(big, 0)  # one scale for every matrix: areas compare
         for r in range(WORLD):  # label each piece at its centre
@@ -370,6 +370,10 @@ for (part, kinds), line in zip(rows, axes):
         ax.set_xlabel("in")
         ax.set_ylabel("out")
 axes[1, 3].axis("off")
+bar = fig.colorbar(im, ax=axes[1, 3], orientation="horizontal", ticks=range(WORLD),
+                   fraction=0.08, pad=0.02)
+bar.set_ticklabels([f"rank {r}" for r in range(WORLD)])
+bar.set_label("the process that holds the entry")
 hq, hkv, hf = cfg.n_head // WORLD, cfg.n_kv_head // WORLD, cfg.d_ff // WORLD
 
 

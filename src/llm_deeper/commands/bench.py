@@ -10,13 +10,16 @@ HELP = "benchmarks (ratios side by side, one JSON line)"
 
 def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="bench_command", required=True, metavar="<benchmark>")
-    q = sub.add_parser("train", help="NumPy vs PyTorch training tokens/s and MFU")
+    q = sub.add_parser("train", help="NumPy vs PyTorch (vs MLX) training tokens/s and MFU")
     q.add_argument("--preset", default="baby", help="the model (see `llm-deeper presets`)")
     q.add_argument("--batch-size", type=int, default=12, help="windows per step")
     q.add_argument("--rounds", type=int, default=5, help="alternating timed rounds (median)")
     q.add_argument("--steps-per-round", type=int, default=6, help="training steps per round")
     q.add_argument("--torch-threads", type=int, default=None,
                    help="torch.set_num_threads (default: torch's own choice)")
+    q.add_argument("--engines", default="numpy,torch,mlx",
+                   help="engines to time, comma-separated; numpy and torch always run, mlx where "
+                   "MLX is installed (default: numpy,torch,mlx)")
     q = sub.add_parser("decode", help="greedy decode tokens/s vs HF generate, SmolLM2-135M")
     q.add_argument("--model", default="smollm2-135m", help="a registry name or a GGUF file")
     q.add_argument("--batch-sizes", default="1,8",
@@ -27,7 +30,10 @@ def add_arguments(p) -> None:
     q = sub.add_parser("kv-cache", help="time per token vs length with/without cache; KV bytes")
     q.add_argument("--lengths", default="128,256,512,1024,2048",
                    help="sequence lengths to time, comma-separated")
-    q.add_argument("--tokens", type=int, default=4, help="tokens timed at each length")
+    q.add_argument("--tokens", type=int, default=4, help="new tokens per round at each length")
+    q.add_argument("--repeats", type=int, default=5,
+                   help="timed rounds per length (median and interquartile range)")
+    q.add_argument("--warmup", type=int, default=1, help="untimed calls before the rounds")
     q.add_argument("--out", default="runs/bench", help="directory for the two figures")
     q = sub.add_parser("serve", help="the server under load: req/s, tok/s, TTFT, TPOT, ITL at "
                        "several concurrencies, batching on and off")
@@ -47,11 +53,17 @@ def run(args) -> None:
     if args.bench_command == "train":
         from ..bench.train import run
 
-        run(args.preset, args.batch_size, args.rounds, args.steps_per_round, args.torch_threads)
+        engines = tuple(e for e in args.engines.split(",") if e)
+        unknown = [e for e in engines if e not in ("numpy", "torch", "mlx")]
+        if unknown:
+            raise UserError(f"--engines takes numpy, torch and mlx; got '{unknown[0]}'.")
+        run(args.preset, args.batch_size, args.rounds, args.steps_per_round, args.torch_threads,
+            engines=engines)
     elif args.bench_command == "kv-cache":
         from ..bench.kv_cache import run
 
-        run([int(x) for x in args.lengths.split(",")], args.tokens, args.out)
+        run([int(x) for x in args.lengths.split(",")], args.tokens, args.out,
+            repeats=args.repeats, warmup=args.warmup)
     elif args.bench_command == "serve":
         from ..bench.serve import run
 

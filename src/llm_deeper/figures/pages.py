@@ -126,6 +126,7 @@ def memory_by_size(path: Path, quick: bool) -> None:
              "against the number of examples in the prompt")
 def icl_shots(path: Path, quick: bool) -> None:
     from ..evaluation import icl
+    from .smollm2 import smollm2
 
     plt = pyplot()
     model, tok = smollm2()
@@ -144,15 +145,3 @@ def icl_shots(path: Path, quick: bool) -> None:
     ax.legend()
     fig.tight_layout()
     save(fig, path)
-
-
-_SMOLLM2 = []
-
-
-def smollm2():
-    """(TorchGPT, tokenizer) of SmolLM2-135M, loaded once per process."""
-    if not _SMOLLM2:
-        from ..evaluation.icl import load_smollm2
-
-        _SMOLLM2.append(load_smollm2())
-    return _SMOLLM2[0]
