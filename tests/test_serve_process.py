@@ -144,3 +144,27 @@ def test_vllm_args_reach_vllm_serve_and_need_the_vllm_engine(capsys):
     assert main(["serve", "--engine", "native", "--vllm-args", "--tensor-parallel-size 2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --vllm-args") and len(err.splitlines()) == 1, err
+
+
+def test_bench_serve_measures_a_server_at_a_url(capsys):
+    """`bench serve --url`: the workload any OpenAI-compatible server can take, here ours in
+    another process, with its key; every request streams exactly max_tokens (ignore_eos) and the
+    usage chunk counts them. A URL that is not one, or where nothing listens, is one sentence."""
+    from llm_deeper.bench.serve import run_url
+    from llm_deeper.cli import main
+    from llm_deeper.serve.process import ServerProcess
+
+    from conftest import smollm2_or_skip
+
+    smollm2_or_skip()
+    with ServerProcess("--api-key", "k3y", "--max-num-seqs", "4") as base_url:
+        r = run_url(base_url + "/v1", "smollm2-135m", (1, 2), max_tokens=6, requests=2,
+                    api_key="k3y", log=lambda *a: None)
+    assert [x["concurrency"] for x in r["runs"]] == [1, 2]
+    for x in r["runs"]:
+        assert x["tokens_from"] == "usage" and x["output_tok_per_s"] > 0
+        assert x["ttft_p50_ms"] > 0 and x["requests"] == 2 and x["output_tokens"] == 2 * 6
+    for url, words in (("ftp://host", "must be an http"), ("http://127.0.0.1:9", "cannot reach")):
+        assert main(["bench", "serve", "--url", url, "--concurrency", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err

@@ -14,6 +14,12 @@ Per run: requests/s and output tokens/s (tokens from the usage chunk / wall time
 Batching on (up to `max_num_seqs` requests decoded together) and off (`max_num_seqs` = 1: one
 request at a time, the others wait) run in the same process with the same engine, so their
 ratio is free of machine-to-machine noise.
+
+`--url URL --model NAME` sends the same workload to any OpenAI-compatible server instead (ours
+in another process, llama-server, vLLM, mlx_lm.server): the way to compare engines on one
+machine. Its batching is the server's own, so only the concurrencies run. A server that sends
+no usage chunk gets its tokens counted as content chunks (one token each for llama-server and
+vLLM when streaming), and the summary says so.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import http.client
 import json
 import threading
 import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from ..errors import UserError
 from .common import json_line
@@ -44,14 +52,44 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def one_request(port: int, i: int, max_tokens: int, model: str) -> dict:
+@dataclass(frozen=True)
+class Target:
+    """Where the requests go: host, port, https or not, the path before /v1, a bearer key."""
+    host: str
+    port: int
+    https: bool = False
+    prefix: str = ""
+    api_key: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_url(cls, url: str, api_key: str | None = None) -> Target:
+        """http(s)://host[:port][/prefix][/v1]: the server's base URL, as an OpenAI client
+        takes it (with or without the /v1)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UserError(f"--url must be an http:// or https:// address such as "
+                            f"http://127.0.0.1:8080, got '{url}'.")
+        prefix = parts.path.rstrip("/")
+        prefix = prefix[:-3] if prefix.endswith("/v1") else prefix
+        return cls(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+                   parts.scheme == "https", prefix, api_key)
+
+    def connect(self) -> http.client.HTTPConnection:
+        kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+        return kind(self.host, self.port, timeout=600)
+
+
+def one_request(target: Target, i: int, max_tokens: int, model: str) -> dict:
     """Stream one chat completion; return its timings."""
     body = json.dumps({"model": model, "messages": prompt(i), "max_tokens": max_tokens,
                        "temperature": 0, "ignore_eos": True, "stream": True,
                        "stream_options": {"include_usage": True}})
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    headers = {"Content-Type": "application/json"}
+    if target.api_key:
+        headers["Authorization"] = f"Bearer {target.api_key}"
+    conn = target.connect()
     t0 = time.perf_counter()
-    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    conn.request("POST", f"{target.prefix}/v1/chat/completions", body, headers)
     resp = conn.getresponse()
     if resp.status != 200:
         raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:200]!r}")
@@ -62,18 +100,22 @@ def one_request(port: int, i: int, max_tokens: int, model: str) -> dict:
         chunk = json.loads(line[6:])
         if chunk.get("usage"):
             tokens = chunk["usage"]["completion_tokens"]
-        for c in chunk["choices"]:
-            if c["delta"].get("content"):
+        for c in chunk.get("choices") or []:
+            if (c.get("delta") or {}).get("content"):
                 times.append(time.perf_counter())
     end = time.perf_counter()
     conn.close()
     if not times:
         raise RuntimeError("a request streamed no content")
+    counted = not tokens  # no usage chunk: count content chunks as tokens
+    tokens = tokens or len(times)
     return {"ttft": times[0] - t0, "itl": [b - a for a, b in zip(times, times[1:])],
-            "tpot": (end - times[0]) / max(tokens - 1, 1), "tokens": tokens, "e2e": end - t0}
+            "tpot": (end - times[0]) / max(tokens - 1, 1), "tokens": tokens, "e2e": end - t0,
+            "counted": counted}
 
 
-def load_run(port: int, concurrency: int, n_requests: int, max_tokens: int, model: str) -> dict:
+def load_run(target: Target, concurrency: int, n_requests: int, max_tokens: int,
+             model: str) -> dict:
     results: list[dict] = []
     errors: list[str] = []
     next_i = iter(range(n_requests))
@@ -86,7 +128,7 @@ def load_run(port: int, concurrency: int, n_requests: int, max_tokens: int, mode
             if i is None:
                 return
             try:
-                r = one_request(port, i, max_tokens, model)
+                r = one_request(target, i, max_tokens, model)
             except Exception as exc:  # reported, not hidden
                 errors.append(repr(exc))
                 continue
@@ -108,11 +150,54 @@ def load_run(port: int, concurrency: int, n_requests: int, max_tokens: int, mode
     tpot = [r["tpot"] for r in results]
     out_tokens = sum(r["tokens"] for r in results)
     return {"concurrency": concurrency, "requests": n_requests, "seconds": round(wall, 2),
-            "req_per_s": round(n_requests / wall, 3),
+            "req_per_s": round(n_requests / wall, 3), "output_tokens": out_tokens,
             "output_tok_per_s": round(out_tokens / wall, 1),
             "ttft_p50_ms": ms(ttft, 50), "ttft_p99_ms": ms(ttft, 99),
             "tpot_p50_ms": ms(tpot, 50), "tpot_p99_ms": ms(tpot, 99),
-            "itl_p50_ms": ms(itl, 50), "itl_p99_ms": ms(itl, 99)}
+            "itl_p50_ms": ms(itl, 50), "itl_p99_ms": ms(itl, 99),
+            "tokens_from": "content chunks" if any(r["counted"] for r in results) else "usage"}
+
+
+HEADER = (f"{'batching':>8} {'conc':>4} {'req':>4} {'req/s':>7} {'out tok/s':>9} "
+          f"{'TTFT p50/p99 ms':>16} {'TPOT p50/p99 ms':>16} {'ITL p50/p99 ms':>15}")
+
+
+def row(mode: str, r: dict) -> str:
+    return (f"{mode:>8} {r['concurrency']:>4} {r['requests']:>4} {r['req_per_s']:>7.2f} "
+            f"{r['output_tok_per_s']:>9.1f} {r['ttft_p50_ms']:>7.0f} / {r['ttft_p99_ms']:<6.0f} "
+            f"{r['tpot_p50_ms']:>7.0f} / {r['tpot_p99_ms']:<6.0f} "
+            f"{r['itl_p50_ms']:>6.0f} / {r['itl_p99_ms']:<6.0f}")
+
+
+def run_url(url: str, model: str, concurrency=(1, 4, 16, 64), max_tokens: int = 64,
+            requests: int | None = None, api_key: str | None = None, log=print) -> dict:
+    """The same workload against the OpenAI-compatible server at `url`, serving `model`."""
+    target = Target.from_url(url, api_key)
+    try:
+        one_request(target, 0, 4, model)  # warm-up, and a clear sentence if nothing is there
+    except OSError as exc:
+        raise UserError(f"cannot reach {url} ({exc.strerror or exc}); is the server running?"
+                        ) from None
+    except RuntimeError as exc:
+        raise UserError(f"{url} did not stream a chat completion for model '{model}': {exc}."
+                        ) from None
+    log(f"bench serve: {model} at {url}, {max_tokens} tokens per request (ignore_eos), "
+        "streaming chat; batching is the server's")
+    log(HEADER)
+    runs = []
+    for c in concurrency:
+        r = {"batching": "server", **load_run(target, c, requests or max(c, 4), max_tokens,
+                                              model)}
+        runs.append(r)
+        log(row("server", r))
+    summary = {"bench": "serve", "url": url, "model": model, "max_tokens": max_tokens,
+               "runs": runs}
+    tps = {r["concurrency"]: r["output_tok_per_s"] for r in runs}
+    for c in concurrency[1:]:
+        if concurrency[0] == 1:
+            summary[f"c{c}_over_c1"] = round(tps[c] / tps[1], 2)
+    log(json_line(summary))
+    return summary
 
 
 def run(model: str = "smollm2-135m", concurrency=(1, 4, 16, 64), max_tokens: int = 64,
@@ -130,28 +215,23 @@ def run(model: str = "smollm2-135m", concurrency=(1, 4, 16, 64), max_tokens: int
     if own:  # the model runs on this thread (see serve/native.py), the load on another
         engine = NativeEngine(model, device, max_num_seqs=max(concurrency), start=False)
     http = ServerThread(create_app(engine, model))
-    port = http.port
+    target = Target("127.0.0.1", http.port)
     log(f"bench serve: {model}, native engine on {device}, {max_tokens} tokens per request "
-        f"(ignore_eos), streaming chat on 127.0.0.1:{port}")
-    log(f"{'batching':>8} {'conc':>4} {'req':>4} {'req/s':>7} {'out tok/s':>9} "
-        f"{'TTFT p50/p99 ms':>16} {'TPOT p50/p99 ms':>16} {'ITL p50/p99 ms':>15}")
+        f"(ignore_eos), streaming chat on 127.0.0.1:{http.port}")
+    log(HEADER)
     runs: list[dict] = []
     failure: list[BaseException] = []
 
     def drive():
         try:
-            one_request(port, 0, 4, model)  # warm-up: first-call costs out of the figures
+            one_request(target, 0, 4, model)  # warm-up: first-call costs out of the figures
             for mode in batching:
                 engine.scheduler.max_num_seqs = max(concurrency) if mode == "on" else 1
                 for c in concurrency:
-                    r = {"batching": mode, **load_run(port, c, requests or max(c, 4),
+                    r = {"batching": mode, **load_run(target, c, requests or max(c, 4),
                                                       max_tokens, model)}
                     runs.append(r)
-                    log(f"{mode:>8} {c:>4} {r['requests']:>4} {r['req_per_s']:>7.2f} "
-                        f"{r['output_tok_per_s']:>9.1f} "
-                        f"{r['ttft_p50_ms']:>7.0f} / {r['ttft_p99_ms']:<6.0f} "
-                        f"{r['tpot_p50_ms']:>7.0f} / {r['tpot_p99_ms']:<6.0f} "
-                        f"{r['itl_p50_ms']:>6.0f} / {r['itl_p99_ms']:<6.0f}")
+                    log(row(mode, r))
         except BaseException as exc:  # re-raised on the calling thread
             failure.append(exc)
         finally:

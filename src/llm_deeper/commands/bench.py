@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ..errors import UserError
 
 HELP = "benchmarks (ratios side by side, one JSON line)"
@@ -45,6 +47,11 @@ def add_arguments(p) -> None:
                    help="requests per run (default: max(concurrency, 4))")
     q.add_argument("--batching", default="on,off", help="on, off or on,off")
     q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    q.add_argument("--url", default=None,
+                   help="measure the OpenAI-compatible server at this base URL instead (ours, "
+                   "llama-server, vLLM, mlx_lm.server); --model is then the name it serves")
+    q.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+                   help="with --url: the bearer key (default: $OPENAI_API_KEY, else none)")
     q = sub.add_parser("tokenizer", help="BPE encode MB/s vs HF tokenizers, SmolLM2 vocabulary")
     q.add_argument("--data", default="works", help="the text to encode")
 
@@ -65,13 +72,23 @@ def run(args) -> None:
         run([int(x) for x in args.lengths.split(",")], args.tokens, args.out,
             repeats=args.repeats, warmup=args.warmup)
     elif args.bench_command == "serve":
-        from ..bench.serve import run
+        from ..bench.serve import run, run_url
 
+        try:
+            concurrency = [int(c) for c in args.concurrency.split(",")]
+        except ValueError:
+            concurrency = []
+        if not concurrency or min(concurrency) < 1:
+            raise UserError(f"--concurrency takes whole numbers >= 1, e.g. 1,4,16; got "
+                            f"'{args.concurrency}'.")
+        if args.url:
+            run_url(args.url, args.model, concurrency, args.max_tokens, args.requests,
+                    args.api_key)
+            return
         modes = [m for m in args.batching.split(",") if m]
         if not modes or any(m not in ("on", "off") for m in modes):
             raise UserError(f"--batching takes on, off or on,off; got '{args.batching}'.")
-        run(args.model, [int(c) for c in args.concurrency.split(",")], args.max_tokens,
-            args.requests, modes, args.device)
+        run(args.model, concurrency, args.max_tokens, args.requests, modes, args.device)
     elif args.bench_command == "decode":
         from ..bench.decode import run
 
