@@ -19,9 +19,7 @@
 # each rank owns some **output** features, *row-parallel* that it owns some **input** features.
 
 # %%
-import socket
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import matplotlib
@@ -30,7 +28,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llm_deeper.config import preset
@@ -40,7 +37,7 @@ from llm_deeper.torch_engine.ffn import ffn
 from llm_deeper.torch_engine.model import TorchGPT, forward
 from llm_deeper.torch_engine.positions import rope_table
 
-from _common import OUT, QUICK, check
+from _common import OUT, QUICK, check, launch
 
 WORLD = 2  # processes; n_head, n_kv_head and d_ff must be divisible by it
 cfg = preset("small", n_layer=2 if QUICK else 4)
@@ -262,40 +259,14 @@ def worker(rank: int) -> dict:
 
 
 # %% [markdown]
-# The launcher: `WORLD` forked copies of this process (no second import of torch), joined into
-# one gloo group on a free loopback port. A rank that fails (a failed check raises SystemExit)
-# exits non-zero, `start_processes` then stops the others and raises, and so does this lesson.
-# One thread per process, so two ranks fit two cores.
+# The launcher (`launch` in `lessons/_common.py`, shared with the FSDP lesson): `WORLD` forked
+# copies of this process (no second import of torch), joined into one gloo group on a free
+# loopback port. A rank that fails (a failed check raises SystemExit) exits non-zero,
+# `start_processes` then stops the others and raises, and so does this lesson. One thread per
+# process, so two ranks fit two cores.
 
 # %%
-def _run(rank, fn, port, results):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD, timeout=timedelta(seconds=120))
-    try:
-        results.put((rank, fn(rank)))
-    finally:
-        dist.destroy_process_group()
-
-
-def launch(fn) -> dict:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    results = mp.get_context("fork").SimpleQueue()
-    try:
-        mp.start_processes(_run, (fn, port, results), nprocs=WORLD, start_method="fork")
-    except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
-        raise SystemExit(f"a rank failed, so the lesson fails:\n{exc}") from None
-    got = {}
-    while not results.empty():
-        rank, out = results.get()
-        got[rank] = out
-    check("every rank finished and reported", sorted(got) == list(range(WORLD)))
-    return dict(sorted(got.items()))
-
-
-res = launch(worker)
+res = launch(worker, WORLD)
 
 # %% [markdown]
 # ## 5. What it buys and what it costs

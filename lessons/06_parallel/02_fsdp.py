@@ -42,10 +42,7 @@
 # on the same global batches. Same losses, measured bytes per rank.
 
 # %%
-import os
-import socket
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import matplotlib
@@ -55,7 +52,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
 try:
@@ -71,7 +67,7 @@ from llm_deeper.torch_engine.model import TorchGPT
 from llm_deeper.torch_engine.train import TorchTrainer
 from llm_deeper.train import TrainConfig, lr_at
 
-from _common import OUT, QUICK, check
+from _common import OUT, QUICK, check, launch
 
 if not shakespeare.is_cached():
     raise SystemExit("run 'llm-deeper data pull shakespeare' first")
@@ -217,39 +213,12 @@ def worker(rank: int) -> dict:
 
 
 # %% [markdown]
-# The launcher (as in `01_tensor_parallel.py`): forked copies of this process in one gloo
-# group on a free loopback port, one thread each; a failed rank fails the lesson.
+# The launcher (`launch` in `lessons/_common.py`, as in `01_tensor_parallel.py`): forked
+# copies of this process in one gloo group on a free loopback port, with the environment torchrun
+# sets, one thread each; a failed rank fails the lesson.
 
 # %%
-def _run(rank, fn, port, results):
-    torch.set_num_threads(1)
-    os.environ.update(WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank))  # as torchrun
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD, timeout=timedelta(seconds=120))
-    try:
-        results.put((rank, fn(rank)))
-    finally:
-        dist.destroy_process_group()
-
-
-def launch(fn) -> dict:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    results = mp.get_context("fork").SimpleQueue()
-    try:
-        mp.start_processes(_run, (fn, port, results), nprocs=WORLD, start_method="fork")
-    except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
-        raise SystemExit(f"a rank failed, so the lesson fails:\n{exc}") from None
-    got = {}
-    while not results.empty():
-        rank, out = results.get()
-        got[rank] = out
-    check("every rank finished and reported", sorted(got) == list(range(WORLD)))
-    return dict(sorted(got.items()))
-
-
-res = launch(worker)
+res = launch(worker, WORLD)
 print("step   " + "  ".join(f"{k:>9s}" for k in res[0]))
 for s in sorted({*range(0, steps, max(1, steps // 5)), steps - 1}):
     print(f"{s + 1:4d}   " + "  ".join(f"{r['losses'][s]:9.6f}" for r in res[0].values()))
