@@ -26,9 +26,11 @@ def kv_cache_time(path: Path, quick: bool) -> None:
 
     import torch
 
-    from ..bench.kv_cache import measure, smollm2
+    from ..bench.kv_cache import measure
+    from .smollm2 import smollm2
 
-    model, cfg = smollm2()
+    model, _ = smollm2()  # the one copy every SmolLM2 figure shares
+    cfg = model.cfg
     lengths, tokens, repeats = ((32, 64, 128), 1, 2) if quick else \
         ((128, 256, 512, 1024, 2048), 2, 5)
     threads = torch.get_num_threads()
