@@ -1,9 +1,11 @@
 """`llm-deeper bench decode`: greedy decode tokens/s of the PyTorch engine against HF
 transformers `generate` on SmolLM2-135M-Instruct (both float32, both reading the same GGUF), at
-batch 1 and batch 8, alternating in one run.
+batch 1 and batch 8, alternating in one run; and prefill tokens/s on a 128-token prompt (as
+llama.cpp's `llama-bench -p 128` measures it: `bench llama-cpp` puts the two side by side).
 
 Decoding one token reads every weight once, so the ceiling is memory bandwidth / weight bytes;
 the benchmark measures the bandwidth (a large array copy) and says how close each engine gets.
+Prefill is the opposite regime: 128 rows per weight read, compute-bound matrix products.
 """
 
 from __future__ import annotations
@@ -33,8 +35,30 @@ def _t(fn) -> float:
     return time.perf_counter() - t0
 
 
+def prefill_tokens_per_s(model, n_tokens: int = 128, rounds: int = 5) -> float:
+    """Median tokens/s of prefilling n_tokens random ids into an empty cache (the last row's
+    logits only, as generation wants them)."""
+    import torch
+
+    from ..torch_engine.generate import prefill
+    from ..torch_engine.model import make_cache
+
+    p = next(model.parameters())
+    ids = torch.randint(0, model.cfg.vocab_size, (1, n_tokens),
+                        generator=torch.Generator().manual_seed(0)).to(p.device)
+
+    @torch.inference_mode()
+    def once():
+        prefill(model, ids, make_cache(model.cfg, 1, n_tokens, p.dtype, p.device))
+        if p.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    once()
+    return n_tokens / median([_t(once) for _ in range(rounds)])
+
+
 def run(model: str = "smollm2-135m", batch_sizes=(1, 8), new_tokens: int = 64, rounds: int = 5,
-        device: str = "cpu", log=print) -> dict:
+        device: str = "cpu", prefill_tokens: int = 128, log=print) -> dict:
     import torch
 
     from ..pretrained import models
@@ -89,5 +113,8 @@ def run(model: str = "smollm2-135m", batch_sizes=(1, 8), new_tokens: int = 64, r
         result.update({f"batch{B}_ours_tokens_per_s": round(tps["ours"], 1),
                        f"batch{B}_hf_tokens_per_s": round(tps["hf"], 1),
                        f"batch{B}_ratio": round(ratio, 3), f"batch{B}_same_tokens": same})
+    pp = prefill_tokens_per_s(ours, prefill_tokens, rounds)
+    log(f"prefill {prefill_tokens} tokens: ours {pp:.0f} tokens/s")
+    result[f"prefill{prefill_tokens}_ours_tokens_per_s"] = round(pp, 1)
     log(json_line(result))
     return result

@@ -15,6 +15,12 @@ Batching on (up to `max_num_seqs` requests decoded together) and off (`max_num_s
 request at a time, the others wait) run in the same process with the same engine, so their
 ratio is free of machine-to-machine noise.
 
+`--shared-prefix N` gives every request the same system prompt of about N tokens (a long
+fixed text) before its own question: the workload of prefix caching (serve/block_manager.py).
+In process, each run is then done twice, prefix caching on and off (the cache emptied before
+each run, so the first requests of a run find nothing), and the summary sets their TTFT side by
+side with the hit rate: prompt tokens found in the cache / prompt tokens.
+
 `--url URL --model NAME` sends the same workload to any OpenAI-compatible server instead (ours
 in another process, llama-server, vLLM, mlx_lm.server): the way to compare engines on one
 machine. Its batching is the server's own, so only the concurrencies run. A server that sends
@@ -39,8 +45,29 @@ TOPICS = ["a lighthouse keeper", "the first snow of winter", "a lost umbrella", 
           "a cat who reads maps", "an old violin", "a river that forgets"]
 
 
-def prompt(i: int) -> list[dict]:
-    return [{"role": "user", "content": f"Tell me a story about {TOPICS[i % len(TOPICS)]}."}]
+RULES = ["Answer in plain English, in short paragraphs, and never in lists.",
+         "Every story has a beginning, a middle and an end, in that order.",
+         "Name at least one character, and say where the story takes place.",
+         "Keep a gentle tone; nobody is hurt, and nothing is frightening.",
+         "Describe one sound, one smell and one colour somewhere in the story.",
+         "If the topic is strange, take it seriously and make it believable.",
+         "End with a sentence that could be read aloud at bedtime.",
+         "Do not explain the story after telling it, and do not give it a title."]
+
+
+def shared_system_prompt(n_tokens: int) -> str:
+    """A fixed text of about n_tokens tokens (~4 characters a token, as for English with a BPE
+    vocabulary of SmolLM2's size): the house rules of a storyteller, numbered, repeated."""
+    parts, k = ["You are a storyteller. Follow these house rules."], 0
+    while sum(len(p) + 1 for p in parts) < 4 * n_tokens:
+        parts.append(f"Rule {k + 1}: {RULES[k % len(RULES)]}")
+        k += 1
+    return " ".join(parts)
+
+
+def prompt(i: int, system: str | None = None) -> list[dict]:
+    user = [{"role": "user", "content": f"Tell me a story about {TOPICS[i % len(TOPICS)]}."}]
+    return ([{"role": "system", "content": system}] if system else []) + user
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -79,9 +106,10 @@ class Target:
         return kind(self.host, self.port, timeout=600)
 
 
-def one_request(target: Target, i: int, max_tokens: int, model: str) -> dict:
+def one_request(target: Target, i: int, max_tokens: int, model: str,
+                system: str | None = None) -> dict:
     """Stream one chat completion; return its timings."""
-    body = json.dumps({"model": model, "messages": prompt(i), "max_tokens": max_tokens,
+    body = json.dumps({"model": model, "messages": prompt(i, system), "max_tokens": max_tokens,
                        "temperature": 0, "ignore_eos": True, "stream": True,
                        "stream_options": {"include_usage": True}})
     headers = {"Content-Type": "application/json"}
@@ -115,7 +143,7 @@ def one_request(target: Target, i: int, max_tokens: int, model: str) -> dict:
 
 
 def load_run(target: Target, concurrency: int, n_requests: int, max_tokens: int,
-             model: str) -> dict:
+             model: str, system: str | None = None) -> dict:
     results: list[dict] = []
     errors: list[str] = []
     next_i = iter(range(n_requests))
@@ -128,7 +156,7 @@ def load_run(target: Target, concurrency: int, n_requests: int, max_tokens: int,
             if i is None:
                 return
             try:
-                r = one_request(target, i, max_tokens, model)
+                r = one_request(target, i, max_tokens, model, system)
             except Exception as exc:  # reported, not hidden
                 errors.append(repr(exc))
                 continue
@@ -170,9 +198,11 @@ def row(mode: str, r: dict) -> str:
 
 
 def run_url(url: str, model: str, concurrency=(1, 4, 16, 64), max_tokens: int = 64,
-            requests: int | None = None, api_key: str | None = None, log=print) -> dict:
+            requests: int | None = None, api_key: str | None = None, log=print,
+            shared_prefix: int = 0) -> dict:
     """The same workload against the OpenAI-compatible server at `url`, serving `model`."""
     target = Target.from_url(url, api_key)
+    system = shared_system_prompt(shared_prefix) if shared_prefix else None
     try:
         one_request(target, 0, 4, model)  # warm-up, and a clear sentence if nothing is there
     except OSError as exc:
@@ -187,11 +217,13 @@ def run_url(url: str, model: str, concurrency=(1, 4, 16, 64), max_tokens: int = 
     runs = []
     for c in concurrency:
         r = {"batching": "server", **load_run(target, c, requests or max(c, 4), max_tokens,
-                                              model)}
+                                              model, system)}
         runs.append(r)
         log(row("server", r))
     summary = {"bench": "serve", "url": url, "model": model, "max_tokens": max_tokens,
                "runs": runs}
+    if shared_prefix:
+        summary["shared_prefix"] = shared_prefix
     tps = {r["concurrency"]: r["output_tok_per_s"] for r in runs}
     for c in concurrency[1:]:
         if concurrency[0] == 1:
@@ -202,8 +234,10 @@ def run_url(url: str, model: str, concurrency=(1, 4, 16, 64), max_tokens: int = 
 
 def run(model: str = "smollm2-135m", concurrency=(1, 4, 16, 64), max_tokens: int = 64,
         requests: int | None = None, batching=("on", "off"), device: str = "cpu",
-        engine=None, log=print) -> dict:
-    """`requests`: per run (default: max(concurrency, 4), so every client is busy)."""
+        engine=None, log=print, shared_prefix: int = 0) -> dict:
+    """`requests`: per run (default: max(concurrency, 4), so every client is busy).
+    `shared_prefix`: a common system prompt of about that many tokens, each run done with
+    prefix caching on and off."""
     try:
         from ..serve.app import create_app
     except ImportError:
@@ -218,20 +252,27 @@ def run(model: str = "smollm2-135m", concurrency=(1, 4, 16, 64), max_tokens: int
     target = Target("127.0.0.1", http.port)
     log(f"bench serve: {model}, native engine on {device}, {max_tokens} tokens per request "
         f"(ignore_eos), streaming chat on 127.0.0.1:{http.port}")
+    system = shared_system_prompt(shared_prefix) if shared_prefix else None
+    caching = (True, False) if system else (None,)  # None: as the engine is
+    if system:
+        n = len(engine.tokenizer(system)["input_ids"])
+        log(f"shared prefix: a system prompt of {n} tokens; +pc / -pc: prefix caching on / off, "
+            "emptied before each run")
     log(HEADER)
     runs: list[dict] = []
     failure: list[BaseException] = []
 
     def drive():
         try:
-            one_request(target, 0, 4, model)  # warm-up: first-call costs out of the figures
+            one_request(target, 0, 4, model, system)  # warm-up: first-call costs out
             for mode in batching:
                 engine.scheduler.max_num_seqs = max(concurrency) if mode == "on" else 1
                 for c in concurrency:
-                    r = {"batching": mode, **load_run(target, c, requests or max(c, 4),
-                                                      max_tokens, model)}
-                    runs.append(r)
-                    log(row(mode, r))
+                    for pc in caching:
+                        r = {"batching": mode, **_one_run(engine, target, c, requests,
+                                                          max_tokens, model, system, pc)}
+                        runs.append(r)
+                        log(row(mode + {None: "", True: " +pc", False: " -pc"}[pc], r))
         except BaseException as exc:  # re-raised on the calling thread
             failure.append(exc)
         finally:
@@ -248,7 +289,8 @@ def run(model: str = "smollm2-135m", concurrency=(1, 4, 16, 64), max_tokens: int
         raise failure[0]
     summary = {"bench": "serve", "model": model, "engine": "native", "device": device,
                "max_tokens": max_tokens, "runs": runs}
-    tps = {(r["batching"], r["concurrency"]): r["output_tok_per_s"] for r in runs}
+    tps = {(r["batching"], r["concurrency"]): r["output_tok_per_s"] for r in runs
+           if r.get("prefix_caching") is not False}
     top = max(concurrency)
     if ("on", 1) in tps:
         for c in concurrency[1:]:
@@ -258,6 +300,40 @@ def run(model: str = "smollm2-135m", concurrency=(1, 4, 16, 64), max_tokens: int
     for k, v in summary.items():
         if k.startswith("on_"):
             log(f"{k}: {v}x")
+    if system:
+        summary["shared_prefix"] = shared_prefix
+        summary["prefix_caching"] = compare_caching(runs, log)
     log(json_line(summary))
     return summary
+
+
+def _one_run(engine, target, c, requests, max_tokens, model, system, pc) -> dict:
+    """One load run; with pc True/False, prefix caching set (and emptied) first, and the
+    prompt tokens and cache hits of the run counted."""
+    if pc is None:
+        return load_run(target, c, requests or max(c, 4), max_tokens, model, system)
+    engine.set_prefix_caching(pc)
+    tokens, hits = engine.prompt_tokens, engine.prefix_cache_hit_tokens
+    r = load_run(target, c, requests or max(c, 4), max_tokens, model, system)
+    return {**r, "prefix_caching": pc, "prompt_tokens": engine.prompt_tokens - tokens,
+            "prefix_hit_tokens": engine.prefix_cache_hit_tokens - hits}
+
+
+def compare_caching(runs: list[dict], log=print) -> list[dict]:
+    """TTFT with prefix caching on against off, per batching mode and concurrency."""
+    out = []
+    on = [r for r in runs if r.get("prefix_caching")]
+    for r in on:
+        off = next(x for x in runs if x.get("prefix_caching") is False
+                   and (x["batching"], x["concurrency"]) == (r["batching"], r["concurrency"]))
+        hit = round(r["prefix_hit_tokens"] / max(r["prompt_tokens"], 1), 3)
+        out.append({"batching": r["batching"], "concurrency": r["concurrency"],
+                    "ttft_p50_ms_on": r["ttft_p50_ms"], "ttft_p50_ms_off": off["ttft_p50_ms"],
+                    "ttft_p99_ms_on": r["ttft_p99_ms"], "ttft_p99_ms_off": off["ttft_p99_ms"],
+                    "hit_rate": hit})
+        log(f"prefix caching, batching {r['batching']}, c{r['concurrency']}: TTFT p50 "
+            f"{off['ttft_p50_ms']:.0f} -> {r['ttft_p50_ms']:.0f} ms, p99 {off['ttft_p99_ms']:.0f}"
+            f" -> {r['ttft_p99_ms']:.0f} ms (off -> on); {100 * hit:.0f} % of prompt tokens "
+            "found in the cache")
+    return out
 

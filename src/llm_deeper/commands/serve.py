@@ -28,6 +28,11 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     p.add_argument("--max-num-seqs", type=int, default=64,
                    help="native: most requests decoded together (1 = batching off)")
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048,
+                   help="native: new tokens per step, decodes first; longer prompts are "
+                   "prefilled in chunks (smaller: smoother streams, larger: faster first token)")
+    p.add_argument("--no-prefix-caching", action="store_true",
+                   help="native: do not share the KV blocks of a common prompt beginning")
     p.add_argument("--kv-cache-gb", type=float, default=1.0,
                    help="native: memory for the paged KV cache")
     p.add_argument("--block-size", type=int, default=16, help="native: token slots per block")
@@ -55,6 +60,8 @@ def run(args) -> None:
         model=args.model, engine=args.engine, host=args.host, port=args.port,
         api_key=args.api_key, lora_modules=tuple(args.lora_modules),
         served_name=args.served_model_name, device=args.device, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        enable_prefix_caching=not args.no_prefix_caching,
         kv_cache_gb=args.kv_cache_gb, block_size=args.block_size,
         max_sequences_per_request=args.max_sequences_per_request, max_body_mb=args.max_body_mb,
         max_connections=args.max_connections, keep_alive=args.keep_alive,

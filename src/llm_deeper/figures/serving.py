@@ -47,10 +47,12 @@ def simulate(workload, num_blocks: int, block_size: int, max_num_seqs: int = 8,
         preempted += [(step, i) for i, s in enumerate(seqs) if s.preemptions > before[i]]
         fed = 0
         for s in batch:
-            n_new = len(s.tokens) - s.n_cached
+            n_new = s.n_new  # the whole rest of its tokens, or a chunk of a long prompt
             col[index[id(s)]] = 2 if n_new > 1 else 3
             fed += n_new
-            s.n_cached = len(s.tokens)
+            s.n_cached += n_new
+            if s.n_cached < len(s.tokens):  # chunked prefill: nothing sampled yet
+                continue
             s.tokens.append(0)  # the token the model would have sampled
             if len(s.generated) == s.req.params.max_tokens:
                 sched.finish(s)

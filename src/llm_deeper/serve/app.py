@@ -79,6 +79,9 @@ def create_app(engine: Engine, served_name: str, api_key: str | None = None,
         out = {"status": "ok", "running": engine.running}
         if hasattr(engine, "kv_blocks_used"):  # the native engine's paged cache
             out["kv_blocks_used"] = engine.kv_blocks_used
+        if hasattr(engine, "prefix_cache_hit_tokens"):  # prompt tokens, and those reused
+            out["prompt_tokens"] = engine.prompt_tokens
+            out["prefix_cache_hit_tokens"] = engine.prefix_cache_hit_tokens
         return out
 
     @app.get("/v1/models")

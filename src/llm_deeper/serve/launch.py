@@ -122,6 +122,8 @@ class ServeOptions:
     served_name: str | None = None
     device: str = "cpu"
     max_num_seqs: int = 64  # native: requests decoded together
+    max_num_batched_tokens: int = 2048  # native: new tokens per step (longer prompts: chunks)
+    enable_prefix_caching: bool = True  # native: prompts share the blocks of a common beginning
     kv_cache_gb: float = 1.0
     block_size: int = 16
     max_sequences_per_request: int = 16  # prompts x n
@@ -140,7 +142,9 @@ def make_engine(o: ServeOptions, lora: dict[str, str]):
 
         return NativeEngine(o.model, o.device, max_num_seqs=o.max_num_seqs,
                             block_size=o.block_size, kv_cache_bytes=int(o.kv_cache_gb * 2**30),
-                            adapters=lora, start=False)  # serve() runs its loop on this thread
+                            max_batched_tokens=o.max_num_batched_tokens, adapters=lora,
+                            enable_prefix_caching=o.enable_prefix_caching,
+                            start=False)  # serve() runs its loop on this thread
     if o.engine == "hf":
         from .hf_engine import HFEngine
 

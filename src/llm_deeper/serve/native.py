@@ -5,12 +5,15 @@
     native.py          this loop: schedule -> one packed forward pass -> sample -> send
 
 One thread runs the model. Requests arrive in an inbox; every step the scheduler picks the
-sequences (running ones decode a token, waiting ones are admitted and prefilled), one packed
-forward pass (torch_engine/paged.py) gives every sequence its next-token logits, the sampler
-(sampling.choose, with each request's penalties and grammar mask) picks each token, and each token
-goes to its request's queue. A sequence that ends (EOS, max_tokens) or whose client went away
-(its `cancelled` event) gives its blocks back before the next step. With `max_num_seqs=1` the
-same engine serves one request at a time: the "batching off" baseline of `bench serve`.
+sequences and their tokens (running ones decode a token, waiting ones are admitted, their prompts
+prefilled whole or in chunks within the step's token budget, after the blocks of a cached prefix
+they share: scheduler.py, block_manager.py), one packed forward pass (torch_engine/paged.py)
+gives every sequence its next-token logits, the sampler (sampling.choose, with each request's
+penalties and grammar mask) picks a token for each sequence whose tokens are now all cached (a
+prompt fed in part has nothing to sample yet), and each token goes to its request's queue. A
+sequence that ends (EOS, max_tokens) or whose client went away (its `cancelled` event) gives its
+blocks back before the next step. With `max_num_seqs=1` the same engine serves one request at a
+time: the "batching off" baseline of `bench serve`.
 
 Which thread runs the model matters on CPU: once one thread has run PyTorch's parallel (OpenMP)
 kernels, small kernels started from another thread cost ~0.1 ms more each (measured: a
@@ -43,9 +46,23 @@ class NativeEngine:
 
     def __init__(self, model: str, device: str = "cpu", max_num_seqs: int = 64,
                  block_size: int = 16, kv_cache_bytes: int = 1 << 30,
-                 max_batched_tokens: int = 4096, adapters: dict[str, str] | None = None, *,
-                 torch_model=None, tokenizer=None, start: bool = True):
+                 max_batched_tokens: int = 2048, adapters: dict[str, str] | None = None, *,
+                 enable_prefix_caching: bool = True, torch_model=None, tokenizer=None,
+                 start: bool = True):
+        """`max_batched_tokens`: the new tokens of one step (decodes first, then prompt
+        chunks; scheduler.py). Smaller keeps the streams in flight smoother (a step never holds
+        them up for long), larger gives long prompts a faster first token (fewer, fuller
+        steps). 2048, of the order of vLLM's defaults, keeps what the engine did before chunking
+        for ordinary chats (a burst of 64 chats of ~40 tokens still goes in one or two steps)
+        and bounds the stall a long prompt causes: on a GPU a 2048-token step takes
+        milliseconds; on a 2-core CPU SmolLM2-135M prefills ~2 ms a token, so ~4 s, and
+        serving long prompts there a budget of 256-512 keeps decodes flowing.
+        `enable_prefix_caching`: prompts share the KV blocks of a common beginning
+        (block_manager.py)."""
         from ..torch_engine.paged import PagedKVCache
+
+        if max_batched_tokens < 1:
+            raise UserError(f"max_batched_tokens must be >= 1, got {max_batched_tokens}.")
 
         self.model_name = model
         self.adapters = dict(adapters or {})  # served name -> path
@@ -66,8 +83,10 @@ class NativeEngine:
         # at least one full-context sequence must fit, whatever the budget
         num_blocks = max(kv_cache_bytes // per_block, math.ceil(cfg.context_length / block_size))
         self.cache = PagedKVCache(cfg, int(num_blocks), block_size, dtype, device)
-        self.scheduler = Scheduler(BlockManager(int(num_blocks), block_size), max_num_seqs,
-                                   max(max_batched_tokens, cfg.context_length))
+        # prompts longer than max_batched_tokens are prefilled in chunks (scheduler.py)
+        self.scheduler = Scheduler(BlockManager(int(num_blocks), block_size,
+                                                enable_prefix_caching),
+                                   max_num_seqs, max_batched_tokens)
         self.inbox: queue.Queue = queue.Queue()
         self.steps = 0
         self._grammar = None
@@ -109,6 +128,21 @@ class NativeEngine:
     @property
     def kv_blocks_used(self) -> int:
         return self.scheduler.blocks.used
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens of every sequence admitted for prefill (recomputations included)."""
+        return self.scheduler.blocks.prompt_tokens
+
+    @property
+    def prefix_cache_hit_tokens(self) -> int:
+        """Of those, tokens whose K/V were found in the prefix cache (not computed again)."""
+        return self.scheduler.blocks.hit_tokens
+
+    def set_prefix_caching(self, on: bool) -> None:
+        """Turn prefix caching on or off, with an empty cache either way; done by the engine
+        thread before the requests that come after this call (benchmarks)."""
+        self.inbox.put(lambda: self.scheduler.blocks.set_prefix_caching(on))
 
     def generate(self, req: GenRequest) -> Iterator[Step]:
         if req.adapter is not None and req.adapter not in self.lora:
@@ -157,6 +191,8 @@ class NativeEngine:
                         for seq in (*s.running, *s.waiting):
                             s.finish(seq)
                             seq.out.put(_DONE)
+                    elif callable(item):  # a change of settings, made on this thread
+                        item()
                     else:
                         s.add(item)
                     item = self.inbox.get_nowait()
@@ -184,23 +220,26 @@ class NativeEngine:
                 item = self.inbox.get_nowait()
             except queue.Empty:
                 return
-            if item is not _DONE:
+            if isinstance(item, Sequence):
                 item.out.put(RuntimeError(why))
 
     def _step(self, batch: list[Sequence]) -> None:
         from ..torch_engine.paged import SeqSlice, packed_forward
 
-        slices = [SeqSlice(q.tokens[q.n_cached:], q.n_cached, q.block_table, q.req.adapter)
-                  for q in batch]
+        slices = [SeqSlice(q.tokens[q.n_cached:q.n_cached + q.n_new], q.n_cached, q.block_table,
+                           q.req.adapter) for q in batch]
         logits = packed_forward(self.model, slices, self.cache, self.lora).float().cpu()
         for seq in batch:
-            seq.n_cached = len(seq.tokens)
+            seq.n_cached += seq.n_new
         self.steps += 1
-        fast = [i for i, q in enumerate(batch) if _plain_greedy(q.req)]
+        # a prompt fed only in part (chunked prefill) has nothing to sample yet
+        ready = [i for i, q in enumerate(batch) if q.n_cached == len(q.tokens)]
+        fast = [i for i in ready if _plain_greedy(batch[i].req)]
         best = logits[fast].argmax(-1).tolist() if fast else []
         picks = dict(zip(fast, best))
         rows = logits.numpy()
-        for i, seq in enumerate(batch):
+        for i in ready:
+            seq = batch[i]
             req = seq.req
             if i in picks:
                 step = Step(picks[i])
