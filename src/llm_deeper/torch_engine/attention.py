@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .positions import apply_rope
+from .positions import apply_rope, rotate
 
 
 class KVCache:
@@ -86,14 +86,19 @@ def attention(cfg, x, p, prefix: str, layer: int, ctx):
     B, T, _ = x.shape
     H, KV, hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
     if ctx.fused and prefix + "wqkv" in p:  # one product for q, k, v (fuse_for_inference)
-        q, k, v = F.linear(x, p[prefix + "wqkv"]).split([H * hd, KV * hd, KV * hd], dim=-1)
+        qk, v = F.linear(x, p[prefix + "wqkv"]).split([(H + KV) * hd, KV * hd], dim=-1)
+        qk = qk.reshape(B, T, H + KV, hd)
+        if ctx.rope is not None:  # queries and keys side by side: one rotation for all heads
+            cos, sin = ctx.rope_full
+            qk = rotate(qk, cos[:, None], sin[:, None], cfg.rope_pairing)
+        q, k = qk.transpose(1, 2).split([H, KV], dim=1)  # (B, H, T, hd), (B, KV, T, hd)
     else:
         q, k, v = (ctx.linear(x, p, prefix + n) for n in ("wq", "wk", "wv"))
-    q = q.reshape(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
-    k = k.reshape(B, T, KV, hd).transpose(1, 2)  # (B, KV, T, hd)
+        q = q.reshape(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = k.reshape(B, T, KV, hd).transpose(1, 2)  # (B, KV, T, hd)
+        if ctx.rope is not None:
+            q = apply_rope(q, *ctx.rope, cfg.rope_pairing)
+            k = apply_rope(k, *ctx.rope, cfg.rope_pairing)
     v = v.reshape(B, T, KV, hd).transpose(1, 2)
-    if ctx.rope is not None:
-        q = apply_rope(q, *ctx.rope, cfg.rope_pairing)
-        k = apply_rope(k, *ctx.rope, cfg.rope_pairing)
     out = ctx.attend(cfg, layer, q, k, v)  # (B, H, T, hd)
     return ctx.linear(out.transpose(1, 2).reshape(B, T, H * hd), p, prefix + "wo")

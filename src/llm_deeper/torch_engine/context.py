@@ -35,6 +35,7 @@ class StepContext:
     use_sdpa: bool = True  # the fused attention kernel (else softmax(QK^T/sqrt(d))V written out)
     mla_absorb: bool = False  # MLA: decode through the latent (mla.py)
     rope: tuple | None = None  # (cos, sin) of the new positions, set by the forward pass
+    rope_full: tuple | None = None  # the same as whole-head tables (positions.rope_rotation)
 
     @property
     def fused(self) -> bool:

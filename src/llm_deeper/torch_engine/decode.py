@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import KVCache
-from .positions import rope_table
+from .positions import rope_rotation, rope_table, rotate
 
 
 class DecodeStep:
@@ -84,11 +84,7 @@ class DecodeStep:
         self.rope = None
         if cfg.position == "rope":
             cos, sin = rope_table(cfg, self.wte.device, self.wte.dtype)
-            if cfg.rope_pairing == "half":  # pair (i, i + d/2): the rotated copy is (-x2, x1)
-                self.rope = (torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1))
-            else:  # pair (2i, 2i + 1): the rotated copy is (-x_2i+1, x_2i) interleaved
-                self.rope = (cos.repeat_interleave(2, -1),
-                             torch.stack([-sin, sin], -1).flatten(-2))
+            self.rope = rope_rotation(cos, sin, cfg.rope_pairing)  # (context, head_dim) each
 
     @staticmethod
     def supports(cfg) -> bool:
@@ -98,16 +94,6 @@ class DecodeStep:
         if self.cfg.norm == "layernorm":
             return F.layer_norm(x, (x.shape[-1],), wb[0], wb[1], self.cfg.norm_eps)
         return F.rms_norm(x, (x.shape[-1],), wb[0], self.cfg.norm_eps)  # one fused call
-
-    def _rotate(self, qk, pos: int):
-        """qk: (B, heads, hd): every query and key head rotated by position `pos`."""
-        cos, sin = self.rope[0][pos], self.rope[1][pos]
-        B, n, hd = qk.shape
-        if self.cfg.rope_pairing == "half":
-            swapped = qk.view(B, n, 2, hd // 2).flip(2).view(B, n, hd)
-        else:
-            swapped = qk.view(B, n, hd // 2, 2).flip(3).view(B, n, hd)
-        return qk * cos + swapped * sin
 
     @torch.inference_mode()
     def __call__(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -125,7 +111,7 @@ class DecodeStep:
             qk, v = qkv.split(self.split, -1)
             qk = qk.reshape(B, H + KV, hd)
             if self.rope is not None:
-                qk = self._rotate(qk, pos)
+                qk = rotate(qk, self.rope[0][pos], self.rope[1][pos], cfg.rope_pairing)
             kc, vc = cache.k[i], cache.v[i]  # (B, KV, max_len, hd)
             kc[:, :, pos] = qk[:, H:]
             vc[:, :, pos] = v.view(B, KV, hd)

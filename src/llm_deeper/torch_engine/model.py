@@ -26,7 +26,7 @@ from .context import StepContext
 from .ffn import ffn
 from .mla import LatentCache, mla_attention
 from .norms import norm
-from .positions import rope_table, sinusoidal_positions
+from .positions import rope_rotation, rope_table, sinusoidal_positions
 
 
 def make_cache(cfg: ModelConfig, batch_size: int, max_len: int | None = None,
@@ -42,9 +42,9 @@ def block(cfg: ModelConfig, x, p, layer: int, ctx: StepContext):
     pre = f"h.{layer}."
     attend = mla_attention if cfg.attention == "mla" else attention
     a = attend(cfg, norm(cfg, x, p, pre + "norm1"), p, pre + "attn.", layer, ctx)
-    x = x + F.dropout(a, ctx.dropout, ctx.training)
+    x = x + (F.dropout(a, ctx.dropout, True) if ctx.training else a)
     f = ffn(cfg, norm(cfg, x, p, pre + "norm2"), p, pre + "ffn.", ctx)
-    return x + F.dropout(f, ctx.dropout, ctx.training)
+    return x + (F.dropout(f, ctx.dropout, True) if ctx.training else f)
 
 
 def forward(params, cfg: ModelConfig, ids, targets=None, ctx: StepContext | None = None):
@@ -64,6 +64,7 @@ def forward(params, cfg: ModelConfig, ids, targets=None, ctx: StepContext | None
     if cfg.position == "rope":
         cos, sin = rope_table(cfg, x.device, x.dtype)
         ctx.rope = (cos[at], sin[at])  # (T, rope_dim / 2)
+        ctx.rope_full = rope_rotation(*ctx.rope, cfg.rope_pairing)  # (T, rope_dim)
     for i in range(cfg.n_layer):
         x = block(cfg, x, p, i, ctx)
     ctx.end(T)

@@ -183,6 +183,8 @@ class PagedContext(StepContext):
         kc, vc = self.cache.k[layer], self.cache.v[layer]
         kc.view(-1, KV, hd).index_copy_(0, self.slots, k.to(kc.dtype))
         vc.view(-1, KV, hd).index_copy_(0, self.slots, v.to(vc.dtype))
+        if not self.prefill:  # decodes only (the steady state): no rows to pick out
+            return self._decode(q, kc, vc).transpose(0, 1)[None]
         out = torch.empty_like(q)
         if self.decode_rows.numel():
             out[self.decode_rows] = self._decode(q[self.decode_rows], kc, vc)

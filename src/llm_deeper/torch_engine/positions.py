@@ -66,6 +66,28 @@ def apply_rope(x, cos, sin, pairing: str = "half"):
     return torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)
 
 
+def rope_rotation(cos, sin, pairing: str = "half"):
+    """The same rotation as apply_rope in the form `x * cos_full + swap(x) * sin_signed`
+    (`rotate`), whose tables span the whole head: (T, d // 2) -> (T, d) each. Rotating a pair
+    (a, b) by t gives (a cos t - b sin t, b cos t + a sin t)
+                    = (a, b) cos t + (b, a) (-sin t, sin t):
+    swap the partners, fold the sign into the sin table. Three elementwise operations for any
+    number of heads at once, bit for bit apply_rope's results (negation is exact)."""
+    if pairing == "half":
+        return torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)
+    return cos.repeat_interleave(2, -1), torch.stack([-sin, sin], -1).flatten(-2)
+
+
+def rotate(x, cos_full, sin_signed, pairing: str = "half"):
+    """x: (..., d), the tables broadcast against it (rope_rotation)."""
+    d = x.shape[-1]
+    if pairing == "half":  # partner of feature i is i + d/2: swap the halves
+        swapped = x.unflatten(-1, (2, d // 2)).flip(-2).flatten(-2)
+    else:  # partner of feature 2i is 2i + 1: swap within each pair
+        swapped = x.unflatten(-1, (d // 2, 2)).flip(-1).flatten(-2)
+    return x * cos_full + swapped * sin_signed
+
+
 def sinusoidal_table(n_pos: int, d: int, dtype, device=None):
     pos = torch.arange(n_pos, dtype=torch.float64)[:, None]
     inv = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
