@@ -259,8 +259,10 @@ def test_chat_logprobs_plain_and_streamed(client):
     plain = client.chat.completions.create(**kw).choices[0].logprobs.content
     streamed = [e for c in client.chat.completions.create(stream=True, **kw)
                 if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
-    assert len(plain) == 8 and [(e.token, e.logprob) for e in streamed] == \
-        [(e.token, e.logprob) for e in plain]
+    # the same tokens; logprobs to float32 rounding: the second request finds the prompt's
+    # first blocks in the prefix cache and computes only the rest (another summation order)
+    assert len(plain) == 8 and [e.token for e in streamed] == [e.token for e in plain]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in plain], abs=1e-4)
     assert all(len(e.top_logprobs) == 2 and e.logprob == pytest.approx(e.top_logprobs[0].logprob)
                for e in plain)
 

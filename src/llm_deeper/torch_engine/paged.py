@@ -198,10 +198,10 @@ class PagedContext(StepContext):
         k = kc[self.decode_tables].flatten(1, 2)  # (Bd, S, KV, hd): its blocks, end to end
         v = vc[self.decode_tables].flatten(1, 2)
         KV = k.shape[2]
-        qg = q.view(Bd, KV, H // KV, hd)
-        att = qg @ k.permute(0, 2, 3, 1) / math.sqrt(hd)  # (Bd, KV, G, S)
-        att = (att + self.decode_mask.to(att.dtype)).softmax(-1)
-        return (att @ v.transpose(1, 2)).view(Bd, H, hd)
+        qg = q.view(Bd, KV, H // KV, hd)  # a group's G query heads as G query rows
+        out = F.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=self.decode_mask.to(q.dtype))
+        return out.reshape(Bd, H, hd)  # (padding keys masked by -inf)
 
     def select(self, x):
         return x[:, self.last]  # only the rows whose next token is wanted
