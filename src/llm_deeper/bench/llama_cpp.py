@@ -56,8 +56,9 @@ def source_dir(build_dir: Path, log=print) -> Path:
     tmp = archive.with_suffix(".part")
     urllib.request.urlretrieve(sdist["url"], tmp)
     tmp.replace(archive)
-    with tarfile.open(archive) as tar:
-        tar.extractall(build_dir, filter="data")
+    with tarfile.open(archive) as tar:  # the "data" filter: no links or paths out of build_dir
+        kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(build_dir, **kw)
     archive.unlink()
     return source_dir(build_dir, log)
 
