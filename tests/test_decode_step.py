@@ -109,3 +109,29 @@ def test_smollm2_fast_decode_matches_forward():
     for t in fast[0, :4].tolist():
         assert int(fn(seq, state).argmax()) == t
         seq.append(t)
+
+
+def test_paged_decode_steps_through_the_decode_step_equal_the_packed_forward():
+    """The serving engine's decode-only steps (sequences at different positions, block tables
+    scattered over a paged cache) give the packed forward pass's logits through the lean step."""
+    from llm_deeper.torch_engine.paged import PagedKVCache, SeqSlice, packed_forward
+
+    for name in ("gqa-rope-rmsnorm-swiglu", "mqa-learned-relu"):
+        cfg = ModelConfig(**{**BASE, **CONFIGS[name]})
+        model = randomized(cfg, seed=5).fuse_for_inference()
+        step = DecodeStep(model)
+        g = torch.Generator().manual_seed(4)
+        lengths, tables = (3, 9, 6), ([5, 1, 7], [0, 2, 4], [3, 6, 8])
+        caches = [PagedKVCache(cfg, 9, 4, dtype=torch.float64) for _ in range(2)]
+        prompts = [torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist() for n in lengths]
+        for c in caches:
+            packed_forward(model, [SeqSlice(p, 0, t) for p, t in zip(prompts, tables)], c)
+        pos = list(lengths)
+        for _ in range(3):
+            new = torch.randint(0, cfg.vocab_size, (3,), generator=g).tolist()
+            seqs = [SeqSlice([t], p, tab) for t, p, tab in zip(new, pos, tables)]
+            a = packed_forward(model, seqs, caches[0], decode_step=step)
+            b = packed_forward(model, seqs, caches[1])
+            assert rel_err(a, b) < 1e-12, name
+            pos = [p + 1 for p in pos]
+        assert torch.equal(caches[0].k, caches[1].k) or rel_err(caches[0].k, caches[1].k) < 1e-12

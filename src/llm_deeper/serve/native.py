@@ -70,6 +70,10 @@ class NativeEngine:
         if torch_model is None:
             torch_model, tokenizer = load_native(model, device)
         self.model = torch_model.eval().fuse_for_inference()
+        from ..torch_engine.decode import DecodeStep
+
+        # steps of decodes only (the steady state) take the lean decode step (decode.py)
+        self.decode_step = DecodeStep(self.model) if DecodeStep.supports(self.model.cfg) else None
         dtype = next(self.model.parameters()).dtype
         self.lora = {name: load_lora(path, self.model.cfg, dtype, device)
                      for name, path in self.adapters.items()}
@@ -228,7 +232,8 @@ class NativeEngine:
 
         slices = [SeqSlice(q.tokens[q.n_cached:q.n_cached + q.n_new], q.n_cached, q.block_table,
                            q.req.adapter) for q in batch]
-        logits = packed_forward(self.model, slices, self.cache, self.lora).float().cpu()
+        logits = packed_forward(self.model, slices, self.cache, self.lora,
+                                self.decode_step).float().cpu()
         for seq in batch:
             seq.n_cached += seq.n_new
         self.steps += 1

@@ -203,6 +203,18 @@ class PagedContext(StepContext):
                                              attn_mask=self.decode_mask.to(q.dtype))
         return out.reshape(Bd, H, hd)  # (padding keys masked by -inf)
 
+    def decode_attend(self, layer: int, q, k, v):
+        """DecodeStep.rows' attention for a step of decodes only: q (N, KV, G, hd), k, v (N,
+        KV, hd), one row per sequence -> (N, KV, G, hd)."""
+        kc, vc = self.cache.k[layer], self.cache.v[layer]
+        KV, hd = k.shape[1], k.shape[2]
+        kc.view(-1, KV, hd).index_copy_(0, self.slots, k.to(kc.dtype))
+        vc.view(-1, KV, hd).index_copy_(0, self.slots, v.to(vc.dtype))
+        keys = kc[self.decode_tables].flatten(1, 2).transpose(1, 2)  # (N, KV, S, hd)
+        values = vc[self.decode_tables].flatten(1, 2).transpose(1, 2)
+        return F.scaled_dot_product_attention(q, keys, values,
+                                              attn_mask=self.decode_mask.to(q.dtype))
+
     def select(self, x):
         return x[:, self.last]  # only the rows whose next token is wanted
 
@@ -225,9 +237,13 @@ def _prefill_attention(q, kc, vc, blocks, start: int):
 
 @torch.inference_mode()
 def packed_forward(model, seqs: list[SeqSlice], cache: PagedKVCache,
-                   adapters: dict[str, dict] | None = None) -> torch.Tensor:
+                   adapters: dict[str, dict] | None = None, decode_step=None) -> torch.Tensor:
     """Write the new tokens' keys and values into the cache and return the next-token logits of
-    every sequence: (len(seqs), vocab). `adapters`: name -> {weight name: (A, B, scale)}."""
+    every sequence: (len(seqs), vocab). `adapters`: name -> {weight name: (A, B, scale)}.
+    `decode_step` (a DecodeStep of the model): steps where every sequence decodes one token
+    with the base model run through it (decode.py: the same logits, fewer operations)."""
     p = model.param_dict()
     ctx = PagedContext(seqs, cache, p["wte"].device, adapters)
+    if decode_step is not None and not ctx.prefill and not ctx.groups:
+        return decode_step.rows(ctx.ids[0], ctx.pos, ctx.decode_attend)
     return forward(p, model.cfg, ctx.ids, ctx=ctx)[0][0]
