@@ -14,6 +14,8 @@ against a reference (tests/test_quantization_formats.py):
 """
 
 from .formats import FORMATS, dequantize, error_report, get_format, quantize
+from .gptq import gptq_quantize
 from .qtensor import QTensor
 
-__all__ = ["FORMATS", "QTensor", "dequantize", "error_report", "get_format", "quantize"]
+__all__ = ["FORMATS", "QTensor", "dequantize", "error_report", "get_format", "gptq_quantize",
+           "quantize"]
