@@ -27,6 +27,12 @@ def add_arguments(p) -> None:
                    help="window start spacing (default: window/2)")
     q.add_argument("--max-tokens", type=int, default=None,
                    help="score only the first N tokens (default: all)")
+    q.add_argument("--quant", default=None, metavar="FORMAT",
+                   help="score the model with its weight matrices quantized to FORMAT and back "
+                   "(int8, int8_asym, int4, q8_0, q4_0, q4_1, nf4, fp8_e4m3, fp8_e5m2)")
+    q.add_argument("--quant-option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a format option, e.g. group_size=32, per_channel=true, "
+                   "double_quant=true (repeatable)")
 
     for name, help_ in (("toolcalls", ("the built-in tool-calling task, played to the final "
                                        "answer: tool-name accuracy, exact match, answer "
@@ -65,8 +71,17 @@ def _perplexity(args) -> int:
     text = load_text(args.data)
     cut = int(len(text) * 0.9)
     text = {"train": text[:cut], "val": text[cut:], "all": text}[args.split]
+    quant = {}
+    if args.quant:
+        from ..quantization.model import fake_quantize, parse_options
+
+        options = parse_options(args.quant_option)
     if args.checkpoint:
         model, tok = load_model(args.checkpoint)
+        if args.quant:
+            params, nbytes = fake_quantize(model.params, args.quant, **options)
+            model = type(model)(model.cfg, params)
+            quant = {"quant": args.quant, **options, "weight_bytes": nbytes}
         fn, ctx, name = numpy_logprobs(model), model.cfg.context_length, args.checkpoint
     else:
         from ..pretrained.models import gguf_file
@@ -74,8 +89,11 @@ def _perplexity(args) -> int:
         from ..torch_engine.model import TorchGPT
 
         pre = load_gguf(gguf_file(args.model, "eval perplexity reads GGUF files"))
-        tok, name = pre.tokenizer, args.model
-        fn, ctx = torch_logprobs(TorchGPT(pre.config, pre.params).eval()), pre.config.context_length
+        tok, name, params = pre.tokenizer, args.model, pre.params
+        if args.quant:
+            params, nbytes = fake_quantize(params, args.quant, **options)
+            quant = {"quant": args.quant, **options, "weight_bytes": nbytes}
+        fn, ctx = torch_logprobs(TorchGPT(pre.config, params).eval()), pre.config.context_length
     window = min(args.window or ctx, ctx)
     stride = args.stride or max(1, window // 2)
     ids = np.asarray(tok.encode(text))
@@ -87,7 +105,7 @@ def _perplexity(args) -> int:
           f"stride {r.stride}, {r.windows} windows")
     print(json.dumps({"eval": "perplexity", "model": name, "data": args.data, "split": args.split,
                       "perplexity": round(r.perplexity, 4), "nll": round(r.nll, 5),
-                      "tokens": r.tokens, "window": r.window, "stride": r.stride}))
+                      "tokens": r.tokens, "window": r.window, "stride": r.stride, **quant}))
     return 0
 
 

@@ -13,7 +13,7 @@ the other weights that see correlated inputs. That is the Optimal Brain Surgeon 
 Stork 1993) that GPTQ (Frantar et al. 2022) applies column by column:
 
     quantize w_q to quant(w_q); with e = w_q - quant(w_q), move the not-yet-quantized weights F by
-        delta_F = -e / [H_F^-1]_qq * [H_F^-1]_{F,q}            (the cost rises by e^2 / [H_F^-1]_qq)
+        delta_F = -e / [H_F^-1]_qq * [H_F^-1]_{F,q}     (dw H dw^T then rises by e^2 / [H_F^-1]_qq)
 
 where H_F is H restricted to the columns still free (q and those after it): this delta minimises
 E over the free weights given that w_q is now fixed. Quantized columns never move again.
@@ -21,8 +21,9 @@ E over the free weights given that w_q is now fixed. Quantized columns never mov
 Worked example (a grid of integers, scale 1). H = [[2, 1], [1, 2]], H^-1 = [[2, -1], [-1, 2]] / 3,
 w = (1.4, 0.35). Round-to-nearest gives (1, 0): dw = (-0.4, -0.35), cost dw H dw^T = 0.32 + 0.28
 + 0.245 = 0.845. GPTQ rounds w_0 to 1 (e = 0.4) and moves w_1 by -0.4 / (2/3) * (-1/3) = +0.2 to
-0.55, which rounds to 1: dw = (-0.4, 0.65), cost 0.32 - 0.52 + 0.845 = 0.645. The second weight
-is rounded the "wrong" way on purpose, because its input is correlated with the first's.
+0.55 (cost so far 0.16 / (2/3) = 0.24), which rounds to 1: dw = (-0.4, 0.65), cost 0.32 - 0.52
++ 0.845 = 0.645. The second weight is rounded the "wrong" way on purpose: its input is correlated
+with the first's, so its error partly cancels the first one's.
 
 The inverse Hessian of the free columns, for every q, in one factorisation. Removing column q
 from F is one step of Gaussian elimination on H^-1. All of those steps at once are the Cholesky
@@ -33,7 +34,7 @@ H_F = V_FF V_FF^T, so H_F^-1 = U_FF^T U_FF, whose first row is U_qq * U_{q,F}. H
 
 Dampening. With few samples or dead inputs H is singular; damp * mean(diag H) is added to its
 diagonal (1 % by default), which also keeps the updates small. An input that is zero in every
-sample (diag H = 0) cannot affect the loss: its column gets diag 1 and no coupling, so it is
+sample (diag H = 0) cannot affect the loss: it gets diag mean(diag H) and no coupling, so it is
 rounded to nearest and neither receives nor spreads error (the reference implementation zeroes
 such weights instead; we keep them for inputs the calibration set did not show).
 
@@ -54,7 +55,10 @@ act_order. Quantizing the columns with the largest diag H (the most active input
 them the most free columns to absorb their errors. With groups, the group still means g
 consecutive inputs (so the format is unchanged): its scale is fixed when the first of its columns
 is reached in the new order, from the current weights of all its columns (a group's members can
-then lie in later blocks; their pending block updates are applied for the scale).
+then lie in later blocks; their pending block updates are applied for the scale). (The reference
+implementation instead groups g consecutive columns *of the new order*, which needs a group
+index per column that this format does not store, or with "static groups" fixes all the scales
+from the original weights first.)
 
 With H a multiple of the identity (or any diagonal H: uncorrelated inputs) H^-1 is diagonal,
 every delta is 0, and GPTQ is round-to-nearest exactly, with or without act_order.
@@ -120,13 +124,15 @@ def prepare_hessian(H: np.ndarray, damp: float) -> np.ndarray:
 
 
 def inverse_cholesky(H: np.ndarray) -> np.ndarray:
-    """Upper triangular U with H^-1 = U^T U (row q: the OBS update of column q)."""
+    """Upper triangular U with H^-1 = U^T U (row q: the OBS update of column q). In float64
+    PyTorch: its LAPACK calls are several times faster here than NumPy's on a busy machine."""
+    import torch
+
     try:
-        L = np.linalg.cholesky(H)  # H = L L^T
-        Linv = np.linalg.solve(L, np.eye(len(H)))
-        Hinv = Linv.T @ Linv  # H^-1 = L^-T L^-1
-        return np.linalg.cholesky((Hinv + Hinv.T) / 2).T
-    except np.linalg.LinAlgError:
+        L = torch.linalg.cholesky(torch.from_numpy(H))  # H = L L^T
+        Hinv = torch.cholesky_inverse(L)  # H^-1 = L^-T L^-1
+        return torch.linalg.cholesky(Hinv, upper=True).numpy()
+    except torch.linalg.LinAlgError:
         raise UserError("the damped Hessian is not positive definite; raise damp (e.g. 0.1) or "
                         "calibrate on more samples.") from None
 
@@ -172,9 +178,10 @@ def gptq_quantize(w, x=None, H=None, bits: int = 4, group_size: int = 128, damp:
             safe = np.where(s == 0, np.float32(1), s)
             q = np.clip(np.rint(Wb[:, i].astype(np.float32) / safe), -qmax, qmax)
             codes[:, col] = q
-            e = (Wb[:, i] - q.astype(np.float32) * s) / U[step, step]  # as int4_dequantize
-            Wb[:, i:] -= np.outer(e, U[step, step:b1])  # spread over the rest of the block
-            Err[:, i] = e
+            # e / U_qq, with the dequantized value computed as int4_dequantize does
+            err = (Wb[:, i] - q.astype(np.float32) * s) / U[step, step]
+            Wb[:, i:] -= np.outer(err, U[step, step:b1])  # spread over the rest of the block
+            Err[:, i] = err
         W[:, b0:b1] = Wb
         W[:, b1:] -= Err @ U[b0:b1, b1:]  # the block's updates reach the later columns at once
 
