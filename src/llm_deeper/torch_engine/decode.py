@@ -16,7 +16,8 @@ plus the cost of launching each operation (a few microseconds of Python and disp
 * the new key and value are written in place into the cache, and attention reads exactly the
   filled prefix: the G query heads of a KV group are G "query positions" of one fused
   scaled_dot_product_attention call against the group's S keys (no mask: all are visible);
-* the LM head is read column-major (faster for one row on CPU, see fuse_for_inference).
+* the LM head is read column-major for a single row (faster on CPU, see fuse_for_inference;
+  row-major for batches).
 
 Logits equal model.forward's to ~1e-5 (float32 sums in another order) and greedy tokens are
 identical (tests/test_decode_step.py). Supported: GQA/MHA/MQA with RoPE, learned or no positions,
@@ -76,7 +77,8 @@ class DecodeStep:
                 p[pre + "ffn.w2"].t(), p.get(pre + "ffn.b2")))
         self.norm_f = (p["norm_f.weight"], p.get("norm_f.bias"))
         self.wte, self.wpe = p["wte"], p.get("wpe")
-        self.head = p.get("lm_head.decode", p["wte"] if cfg.tie_embeddings else p["lm_head"])
+        self.head = p["wte"] if cfg.tie_embeddings else p["lm_head"]
+        self.head1 = p.get("lm_head.decode", self.head)  # column-major: faster for one row only
         self.act = {"swiglu": None, "gelu": lambda h: F.gelu(h, approximate="tanh"),
                     "relu": F.relu}[cfg.activation]
         self.rope = None
@@ -146,4 +148,5 @@ class DecodeStep:
             x = torch.addmm(x, h, w2_t)  # x + h W2^T
             if b2 is not None:
                 x = x + b2
-        return F.linear(self._norm(x, self.norm_f), self.head)  # (B, vocab)
+        head = self.head1 if B == 1 else self.head
+        return F.linear(self._norm(x, self.norm_f), head)  # (B, vocab)
