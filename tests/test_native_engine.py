@@ -2,33 +2,26 @@
 model, continuous batching and preemption give every request the answer it would get alone,
 a request that goes away gives its KV blocks back, and LoRA adapters equal PEFT's."""
 
-import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from llm_deeper.config import preset
 from llm_deeper.sampling import SamplingParams
 from llm_deeper.serve.block_manager import BlockManager
 from llm_deeper.serve.engine import GenRequest
-from llm_deeper.serve.native import NativeEngine, load_lora
+from llm_deeper.serve.native import load_lora
 from llm_deeper.serve.scheduler import Scheduler, Sequence
-from llm_deeper.torch_engine.model import TorchGPT
 from llm_deeper.torch_engine.paged import PagedKVCache, SeqSlice, packed_forward
-
-V = 50
-
-
-def _model(name="small", dtype=torch.float64, **kw):
-    cfg = preset(name, vocab_size=V, **kw)
-    return TorchGPT(cfg, seed=1, dtype=dtype).eval().fuse_for_inference()
-
-
-def _full(m, ids):
-    with torch.no_grad():
-        return m(torch.tensor([ids]))[0][0, -1]
+from native_helpers import (
+    V,
+    engine_for,
+    greedy_alone,
+    last_logits,
+    run_concurrently,
+    small_model,
+    tokens,
+)
 
 
 @pytest.mark.parametrize("name", ["small", "baby"])  # RoPE + GQA + SwiGLU; learned + LayerNorm
@@ -36,14 +29,14 @@ def test_packed_forward_equals_the_model(name):
     """Prefills and decodes of several sequences packed in one step, block tables scattered,
     a prefill joining mid-way, and a prefill that continues a cached prefix."""
     g = torch.Generator().manual_seed(0)
-    m = _model(name)
+    m = small_model(name)
     cache = PagedKVCache(m.cfg, 40, 4, torch.float64)
     seqs = [torch.randint(0, V, (n,), generator=g).tolist() for n in (7, 1, 13, 5)]
     tables = [[5, 1], [2], [3, 0, 6, 4], [7, 8]]
     free = iter(range(14, 40))
     logits = packed_forward(m, [SeqSlice(s, 0, t) for s, t in zip(seqs, tables)], cache)
     for s, z in zip(seqs, logits):
-        assert torch.allclose(_full(m, s), z, atol=1e-10)
+        assert torch.allclose(last_logits(m, s), z, atol=1e-10)
     late = torch.randint(0, V, (9,), generator=g).tolist()
     for step in range(6):
         nxt = [int(z.argmax()) for z in logits[:4]]
@@ -57,54 +50,32 @@ def test_packed_forward_equals_the_model(name):
             batch.append(SeqSlice(late, 0, [9, 10, 11]))
         logits = packed_forward(m, batch, cache)
         for s, z in zip(seqs, logits):
-            assert torch.allclose(_full(m, s), z, atol=1e-10)
+            assert torch.allclose(last_logits(m, s), z, atol=1e-10)
         if step == 2:
-            assert torch.allclose(_full(m, late), logits[4], atol=1e-10)
+            assert torch.allclose(last_logits(m, late), logits[4], atol=1e-10)
     s, t, extra = seqs[0], tables[0], [3, 4, 5]
     while len(s) + 3 > 4 * len(t):
         t.append(next(free))
     z = packed_forward(m, [SeqSlice(extra, len(s), t)], cache)[0]
-    assert torch.allclose(_full(m, s + extra), z, atol=1e-10)
+    assert torch.allclose(last_logits(m, s + extra), z, atol=1e-10)
 
 
-def _engine(m, **kw):
-    tok = SimpleNamespace(eos_token_id=None, chat_template=None)
-    return NativeEngine("tiny", torch_model=m, tokenizer=tok, **kw)
 
 
-def _greedy_alone(m, prompt, n):
-    ids = list(prompt)
-    for _ in range(n):
-        ids.append(int(_full(m, ids).argmax()))
-    return ids[len(prompt):]
 
 
-def _run_concurrently(engine, jobs):
-    """jobs: [(prompt, max_tokens)] -> generated ids of each, all submitted at once."""
-    out = [None] * len(jobs)
-
-    def work(i, prompt, n):
-        req = GenRequest(prompt, SamplingParams(max_tokens=n, temperature=0))
-        out[i] = [s.token for s in engine.generate(req)]
-
-    threads = [threading.Thread(target=work, args=(i, *j)) for i, j in enumerate(jobs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    return out
 
 
 def test_continuous_batching_gives_each_request_its_own_answer():
     """12 requests of different lengths, at most 4 decoded together: admitted as others finish,
     each gets exactly the greedy answer it gets alone, in fewer steps than one at a time."""
-    m = _model()
+    m = small_model()
     g = torch.Generator().manual_seed(1)
     jobs = [(torch.randint(0, V, (3 + 2 * i,), generator=g).tolist(), 4 + (i * 5) % 11)
             for i in range(12)]
-    with _engine(m, max_num_seqs=4) as engine:
-        got = _run_concurrently(engine, jobs)
-    assert got == [_greedy_alone(m, p, n) for p, n in jobs]
+    with engine_for(m, max_num_seqs=4) as engine:
+        got = tokens(run_concurrently(engine, jobs))
+    assert got == [greedy_alone(m, p, n) for p, n in jobs]
     assert engine.steps < sum(n for _, n in jobs)
     assert engine.kv_blocks_used == 0 and engine.running == 0
 
@@ -112,13 +83,13 @@ def test_continuous_batching_gives_each_request_its_own_answer():
 def test_preemption_when_blocks_run_out_keeps_every_answer():
     """A pool of 8 blocks of 16 slots (one context of 128) for 6 requests that want 3 blocks
     each: the newest running ones are preempted and recomputed later, answers unchanged."""
-    m = _model()
+    m = small_model()
     g = torch.Generator().manual_seed(2)
     jobs = [(torch.randint(0, V, (20,), generator=g).tolist(), 24) for _ in range(6)]
-    with _engine(m, kv_cache_bytes=0, block_size=16) as engine:
+    with engine_for(m, kv_cache_bytes=0, block_size=16) as engine:
         assert engine.cache.num_blocks == 8
-        got = _run_concurrently(engine, jobs)
-    assert got == [_greedy_alone(m, p, n) for p, n in jobs]
+        got = tokens(run_concurrently(engine, jobs))
+    assert got == [greedy_alone(m, p, n) for p, n in jobs]
     assert engine.scheduler.preemptions > 0
     assert engine.kv_blocks_used == 0
 
@@ -140,7 +111,7 @@ def test_scheduler_admits_by_blocks_and_preempts_the_newest():
 
 
 def test_a_request_that_goes_away_frees_its_blocks():
-    with _engine(_model(), max_num_seqs=4) as engine:
+    with engine_for(small_model(), max_num_seqs=4) as engine:
         req = GenRequest([1, 2, 3], SamplingParams(max_tokens=100, temperature=0.8, seed=0))
         gen = engine.generate(req)
         next(gen), next(gen)
@@ -154,7 +125,7 @@ def test_a_request_that_goes_away_frees_its_blocks():
 
 def test_closing_the_engine_stops_its_thread_and_fails_what_waits():
     """close() ends the engine's thread; a request still waiting gets an error, not a hang."""
-    engine = _engine(_model(), max_num_seqs=1)
+    engine = engine_for(small_model(), max_num_seqs=1)
     thread = engine._thread
     busy = engine.generate(GenRequest([1, 2], SamplingParams(max_tokens=90, temperature=0)))
     next(busy)
@@ -172,7 +143,7 @@ def test_lora_adapters_in_one_step_equal_peft(tmp_path):
     from llm_deeper.hf.models import random_lora
     from llm_deeper.pretrained.weights import export_hf
 
-    m = _model(dtype=torch.float32, tie_embeddings=True)
+    m = small_model(dtype=torch.float32, tie_embeddings=True)
     params = {k: v.detach().numpy() for k, v in m.named_parameters()}
     export_hf(tmp_path / "hf", m.cfg, params)
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()

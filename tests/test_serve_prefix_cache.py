@@ -4,66 +4,25 @@ the logits and greedy tokens of one whole prefill, a cached prefix gives what a 
 and is counted, every block comes back (completion, preemption, cancellation), and the block
 manager's hashes, reference counts and LRU behave."""
 
-import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from llm_deeper.config import preset
 from llm_deeper.sampling import SamplingParams
 from llm_deeper.serve.block_manager import BlockManager
 from llm_deeper.serve.engine import GenRequest
-from llm_deeper.serve.native import NativeEngine
 from llm_deeper.serve.scheduler import Scheduler, Sequence
-from llm_deeper.torch_engine.model import TorchGPT
 from llm_deeper.torch_engine.paged import PagedKVCache, SeqSlice, packed_forward
-
-V = 50
-
-
-def _model(name="small", dtype=torch.float64, **kw):
-    cfg = preset(name, vocab_size=V, **kw)
-    return TorchGPT(cfg, seed=1, dtype=dtype).eval().fuse_for_inference()
-
-
-def _full(m, ids):
-    with torch.no_grad():
-        return m(torch.tensor([ids]))[0][0, -1]
-
-
-def _engine(m, **kw):
-    tok = SimpleNamespace(eos_token_id=None, chat_template=None)
-    return NativeEngine("tiny", torch_model=m, tokenizer=tok, **kw)
-
-
-def _greedy_alone(m, prompt, n):
-    ids = list(prompt)
-    for _ in range(n):
-        ids.append(int(_full(m, ids).argmax()))
-    return ids[len(prompt):]
-
-
-def _run_concurrently(engine, jobs, top_logprobs=None):
-    """jobs: [(prompt, max_tokens)] -> the steps of each, all submitted at once."""
-    out = [None] * len(jobs)
-
-    def work(i, prompt, n):
-        req = GenRequest(prompt, SamplingParams(max_tokens=n, temperature=0),
-                         top_logprobs=top_logprobs)
-        out[i] = list(engine.generate(req))
-
-    threads = [threading.Thread(target=work, args=(i, *j)) for i, j in enumerate(jobs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    return out
-
-
-def _tokens(steps):
-    return [[s.token for s in run] for run in steps]
+from native_helpers import (
+    V,
+    engine_for,
+    greedy_alone,
+    last_logits,
+    run_concurrently,
+    small_model,
+    tokens,
+)
 
 
 def _prompts(seed, lengths):
@@ -83,13 +42,13 @@ def test_a_prompt_fed_in_chunks_gives_the_logits_of_one_prefill(chunk):
     """Chunks of 1 (the decode path of paged.py, mid-prompt), 3 and 5 (not aligned to blocks of
     4) and 16: each chunk attends to the cached positions before it, the last gives the logits
     of the whole prompt."""
-    m = _model()
+    m = small_model()
     (prompt,) = _prompts(0, [23])
     cache = PagedKVCache(m.cfg, 8, 4, torch.float64)
     table = [6, 2, 7, 0, 5, 1]
     for start in range(0, len(prompt), chunk):
         z = packed_forward(m, [SeqSlice(prompt[start:start + chunk], start, table)], cache)[0]
-    assert torch.allclose(z, _full(m, prompt), atol=1e-10)
+    assert torch.allclose(z, last_logits(m, prompt), atol=1e-10)
 
 
 @pytest.mark.parametrize("budget", [3, 7, 20])
@@ -98,13 +57,13 @@ def test_chunked_prefill_gives_the_greedy_tokens_of_a_whole_prefill(budget):
     some (20): the same greedy answers as each prompt alone, and no step feeds more tokens than
     the budget, except the one token of each decode, which always runs. (How requests arrive
     from their threads varies, so step counts are not compared.)"""
-    m = _model()
+    m = small_model()
     prompts = _prompts(1, [2, 9, 17, 30, 41])
     jobs = [(p, 6) for p in prompts]
-    want = [_greedy_alone(m, p, 6) for p in prompts]
-    with _engine(m, max_batched_tokens=4096, enable_prefix_caching=False) as whole:
-        assert _tokens(_run_concurrently(whole, jobs)) == want
-    with _engine(m, max_batched_tokens=budget, enable_prefix_caching=False) as chunked:
+    want = [greedy_alone(m, p, 6) for p in prompts]
+    with engine_for(m, max_batched_tokens=4096, enable_prefix_caching=False) as whole:
+        assert tokens(run_concurrently(whole, jobs)) == want
+    with engine_for(m, max_batched_tokens=budget, enable_prefix_caching=False) as chunked:
         fed, step = [], chunked._step
 
         def spy(batch):  # the engine thread's step, recorded: (tokens fed, decodes)
@@ -112,7 +71,7 @@ def test_chunked_prefill_gives_the_greedy_tokens_of_a_whole_prefill(budget):
             step(batch)
 
         chunked._step = spy
-        assert _tokens(_run_concurrently(chunked, jobs)) == want
+        assert tokens(run_concurrently(chunked, jobs)) == want
     assert all(n <= max(budget, decodes) for n, decodes in fed), fed
     assert max(n for n, _ in fed) > 1  # prompts were fed, in chunks of at most the budget
     assert _pool_is_whole(chunked.scheduler.blocks)
@@ -148,24 +107,24 @@ def test_the_scheduler_runs_decodes_first_and_chunks_prompts_within_the_budget()
 def test_a_cached_prefix_gives_the_cold_answer_and_is_counted():
     """The same prompt twice, then two prompts sharing a 40-token system prefix: identical
     tokens and log-probabilities with the cache as without, and the hits counted."""
-    m = _model()
+    m = small_model()
     system, q1, q2 = _prompts(2, [40, 7, 5])
     same = system[:37]  # 2 full blocks of 16, then 5 tokens
     runs = [[(same, 5)], [(same, 5)], [(system + q1, 5)], [(system + q2, 5)]]
     cold = []
-    with _engine(m, enable_prefix_caching=False) as engine:
+    with engine_for(m, enable_prefix_caching=False) as engine:
         for jobs in runs:
-            cold += _run_concurrently(engine, jobs, top_logprobs=3)
+            cold += run_concurrently(engine, jobs, top_logprobs=3)
         assert engine.prefix_cache_hit_tokens == 0
     warm, hits = [], []
-    with _engine(m) as engine:
+    with engine_for(m) as engine:
         for jobs in runs:
             before = engine.prefix_cache_hit_tokens
-            warm += _run_concurrently(engine, jobs, top_logprobs=3)
+            warm += run_concurrently(engine, jobs, top_logprobs=3)
             hits.append(engine.prefix_cache_hit_tokens - before)
         assert engine.prompt_tokens == 37 + 37 + 47 + 45
     assert hits == [0, 32, 32, 32]  # the second prompt: both full blocks of `same`; then 40 -> 32
-    assert _tokens(warm) == _tokens(cold) == [_greedy_alone(m, p, n) for (p, n), in runs]
+    assert tokens(warm) == tokens(cold) == [greedy_alone(m, p, n) for (p, n), in runs]
     for w, c in zip(warm, cold):
         assert torch.allclose(torch.tensor([s.logprob for s in w]),
                               torch.tensor([s.logprob for s in c]), atol=1e-5)
@@ -174,15 +133,15 @@ def test_a_cached_prefix_gives_the_cold_answer_and_is_counted():
 def test_an_answer_continues_from_cached_generated_blocks():
     """A multi-turn chat: the second turn's prompt is the first prompt + its answer + more; the
     blocks the first answer filled are found too."""
-    m = _model()
+    m = small_model()
     first, more = _prompts(3, [12, 6])
-    with _engine(m) as engine:
-        (a,) = _tokens(_run_concurrently(engine, [(first, 30)]))
+    with engine_for(m) as engine:
+        (a,) = tokens(run_concurrently(engine, [(first, 30)]))
         before = engine.prefix_cache_hit_tokens
         second = first + a + more  # 48 tokens: 2 of its 3 full blocks may be shared
-        (b,) = _tokens(_run_concurrently(engine, [(second, 4)]))
+        (b,) = tokens(run_concurrently(engine, [(second, 4)]))
         assert engine.prefix_cache_hit_tokens - before == 32
-    assert b == _greedy_alone(m, second, 4)
+    assert b == greedy_alone(m, second, 4)
 
 
 # ---------------------------------------------------------------- every block comes back
@@ -190,21 +149,21 @@ def test_preemption_with_shared_prefixes_keeps_every_answer_and_block():
     """8 blocks of 16 for 6 requests sharing a 20-token prefix, each wanting 3 or 4 blocks, fed
     within 24 tokens a step (one prompt gets a 1-token chunk): preempted, recomputed from what
     is still cached, answers unchanged."""
-    m = _model()
+    m = small_model()
     system, *tails = _prompts(4, [20, 3, 5, 7, 2, 4, 6])
     jobs = [(system + t, 24) for t in tails]
-    with _engine(m, kv_cache_bytes=0, block_size=16, max_batched_tokens=24) as engine:
+    with engine_for(m, kv_cache_bytes=0, block_size=16, max_batched_tokens=24) as engine:
         assert engine.cache.num_blocks == 8
-        got = _tokens(_run_concurrently(engine, jobs))
-    assert got == [_greedy_alone(m, p, n) for p, n in jobs]
+        got = tokens(run_concurrently(engine, jobs))
+    assert got == [greedy_alone(m, p, n) for p, n in jobs]
     assert engine.scheduler.preemptions > 0 and engine.prefix_cache_hit_tokens > 0
     assert _pool_is_whole(engine.scheduler.blocks)
 
 
 def test_cancelled_requests_give_every_shared_block_back():
-    m = _model()
+    m = small_model()
     (system,) = _prompts(5, [40])
-    with _engine(m, max_num_seqs=4) as engine:
+    with engine_for(m, max_num_seqs=4) as engine:
         gens = []
         for tail in ([1, 2], [3], [4, 5, 6]):
             req = GenRequest(system + tail, SamplingParams(max_tokens=60, temperature=0))

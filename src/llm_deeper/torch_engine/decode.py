@@ -55,7 +55,7 @@ class DecodeStep:
 
         def joined(names):  # the fused matrix, or the parts concatenated (configs with biases)
             return p[names[0]] if len(names) == 1 else torch.cat([p[n] for n in names])
-        self.cfg, self.model = cfg, model
+        self.cfg = cfg
         H, KV, hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.split = [(H + KV) * hd, KV * hd]  # q|k rotate together; v does not
         self.layers = []
