@@ -3,14 +3,23 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from ..params import bias_name
 
 
+def matmul(x, w, b=None):
+    """x W^T (+ b). `w` is a float tensor, or a quantized weight: any object that computes the
+    same product itself with `w.linear(x, b)` (its own kernel, or dequantizing on the fly)."""
+    if isinstance(w, torch.Tensor):
+        return F.linear(x, w, b)
+    return w.linear(x, b)
+
+
 def linear(x, p, name, lora):
     """x W^T (+ b), plus scale * (x A^T) B^T when `lora` names this weight (see lora.py)."""
-    y = F.linear(x, p[name], p.get(bias_name(name)))
+    y = matmul(x, p[name], p.get(bias_name(name)))
     if name in lora:
         y = y + lora[name] * F.linear(F.linear(x, p[name + ".lora_A"]), p[name + ".lora_B"])
     return y
