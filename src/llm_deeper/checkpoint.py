@@ -86,8 +86,14 @@ def load_checkpoint(ckpt_dir, dtype=np.float32) -> Checkpoint:
 
     ckpt_dir = Path(ckpt_dir)
     cfg = read_config(ckpt_dir)
-    params = read_tensors(ckpt_dir / "model.safetensors", "parameters")
-    check_params(cfg, params, f"{ckpt_dir}/model.safetensors")
+    if (ckpt_dir / "quantization.json").is_file():  # `llm-deeper quantize`: dequantized here
+        from .quantization.qcheckpoint import load_quantized_params
+
+        params, where = load_quantized_params(ckpt_dir), f"{ckpt_dir}/quantized.safetensors"
+    else:
+        params = read_tensors(ckpt_dir / "model.safetensors", "parameters")
+        where = f"{ckpt_dir}/model.safetensors"
+    check_params(cfg, params, where)
     expected = param_shapes(cfg)
     params = {k: v.astype(dtype, copy=False) for k, v in params.items()
               if k in expected or k.endswith(LORA_SUFFIXES)}

@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "chat": "chat",
     "finetune": "finetune",
     "export": "export",
+    "quantize": "quantize",
     "tokenizer": "tokenizer",
     "eval": "eval",
     "serve": "serve",
