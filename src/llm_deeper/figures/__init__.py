@@ -23,8 +23,8 @@ from pathlib import Path
 
 # Modules of llm_deeper.figures whose functions register figures (imported by all_figures()).
 MODULES: tuple[str, ...] = ("blocks", "kv", "layers", "mla", "mlx_parity", "models", "pages",
-                            "parallel", "positions", "scaling", "serving", "smollm2",
-                            "tokenization", "training", "virtual_tokens")
+                            "parallel", "positions", "quantization", "scaling", "serving",
+                            "smollm2", "tokenization", "training", "virtual_tokens")
 
 
 @dataclass(frozen=True)
