@@ -6,6 +6,12 @@ llama.cpp's `llama-bench -p 128` measures it: `bench llama-cpp` puts the two sid
 Decoding one token reads every weight once, so the ceiling is memory bandwidth / weight bytes;
 the benchmark measures the bandwidth (a large array copy) and says how close each engine gets.
 Prefill is the opposite regime: 128 rows per weight read, compute-bound matrix products.
+
+With `--quant int8` a third contestant joins: our engine with INT8 weights and activations
+(quantization/torch_int8.py), timed in the same rounds; the JSON line gives its tokens/s, its
+ratio to our float32 decode, whether its greedy tokens are the float32 ones, and both models'
+perplexity on the same tokens of the works' validation text (2,048 by default, window 512,
+stride 256).
 """
 
 from __future__ import annotations
@@ -59,8 +65,21 @@ def prefill_tokens_per_s(model, n_tokens: int = 128, rounds: int = 5) -> float:
     return n_tokens / median([_t(once) for _ in range(rounds)])
 
 
+def works_perplexity(model, tokenizer, n_tokens: int = 2048) -> float:
+    """Perplexity on the first n_tokens of the works' validation split (the last 10 %)."""
+    import numpy as np
+
+    from ..data import load_text
+    from ..evaluation.perplexity import perplexity, torch_logprobs
+
+    text = load_text("works")
+    ids = np.asarray(tokenizer.encode(text[int(len(text) * 0.9):][:20 * n_tokens]))[:n_tokens]
+    return perplexity(torch_logprobs(model), ids, 512, 256).perplexity
+
+
 def run(model: str = "smollm2-135m", batch_sizes=(1, 8), new_tokens: int = 64, rounds: int = 5,
-        device: str = "cpu", prefill_tokens: int = 128, log=print) -> dict:
+        device: str = "cpu", prefill_tokens: int = 128, quant: str | None = None,
+        ppl_tokens: int = 2048, log=print) -> dict:
     import torch
 
     from ..pretrained import models
@@ -77,6 +96,15 @@ def run(model: str = "smollm2-135m", batch_sizes=(1, 8), new_tokens: int = 64, r
     path = models.gguf_file(model, "bench decode reads GGUF files")
     pre = load_gguf(path)
     ours = TorchGPT(pre.config, pre.params).eval().to(device).fuse_for_inference()
+    contestants = {"ours": ours}
+    if quant:
+        from ..quantization import torch_int8
+
+        if device != "cpu":
+            raise UserError(f"--quant {quant} runs PyTorch's CPU integer kernels: --device cpu.")
+        contestants[quant] = torch_int8.quantize_for_inference(
+            TorchGPT(pre.config, pre.params), quant,
+            torch_int8.calibration_ids(pre.tokenizer, pre.chat_template))
     hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                               dtype=torch.float32).eval().to(device)
     ids = torch.tensor([pre.tokenizer.encode(PROMPT)], device=device)
@@ -87,8 +115,8 @@ def run(model: str = "smollm2-135m", batch_sizes=(1, 8), new_tokens: int = 64, r
         f"{ids.shape[1]} tokens, {new_tokens} new tokens greedy, {rounds} alternating rounds; "
         f"memory bandwidth {bw:.1f} GB/s -> batch-1 ceiling ~{ceiling:.0f} tokens/s")
 
-    def ours_fn(x):
-        return greedy_batch(ours, x, new_tokens)
+    def greedy(m):
+        return lambda x: greedy_batch(m, x, new_tokens)
 
     @torch.inference_mode()
     def hf_fn(x):
@@ -98,14 +126,15 @@ def run(model: str = "smollm2-135m", batch_sizes=(1, 8), new_tokens: int = 64, r
     result = {"bench": "decode", "model": model, "device": device, "new_tokens": new_tokens,
               "memory_bandwidth_gbs": round(bw, 1),
               "batch1_ceiling_tokens_per_s": round(ceiling, 1)}
+    fns = {**{k: greedy(m) for k, m in contestants.items()}, "hf": hf_fn}
     for B in batch_sizes:
         x = ids.repeat(B, 1)
-        a, b = ours_fn(x), hf_fn(x)  # warm-up, and the outputs must agree
-        same = bool(torch.equal(a.cpu(), b.cpu()))
-        times = {"ours": [], "hf": []}
+        out = {k: fn(x).cpu() for k, fn in fns.items()}  # warm-up, and the outputs must agree
+        same = bool(torch.equal(out["ours"], out["hf"]))
+        times = {k: [] for k in fns}
         for _ in range(rounds):
-            times["ours"].append(_t(lambda x=x: ours_fn(x)))
-            times["hf"].append(_t(lambda x=x: hf_fn(x)))
+            for k, fn in fns.items():
+                times[k].append(_t(lambda x=x, fn=fn: fn(x)))
         tps = {k: B * new_tokens / median(v) for k, v in times.items()}
         ratio = tps["ours"] / tps["hf"]
         log(f"batch {B}: ours {tps['ours']:.1f} tokens/s, HF generate {tps['hf']:.1f} tokens/s, "
@@ -115,8 +144,31 @@ def run(model: str = "smollm2-135m", batch_sizes=(1, 8), new_tokens: int = 64, r
         result.update({f"batch{B}_ours_tokens_per_s": round(tps["ours"], 1),
                        f"batch{B}_hf_tokens_per_s": round(tps["hf"], 1),
                        f"batch{B}_ratio": round(ratio, 3), f"batch{B}_same_tokens": same})
-    pp = prefill_tokens_per_s(ours, prefill_tokens, rounds)
-    log(f"prefill {prefill_tokens} tokens: ours {pp:.0f} tokens/s")
-    result[f"prefill{prefill_tokens}_ours_tokens_per_s"] = round(pp, 1)
+        if quant:
+            q_ratio = tps[quant] / tps["ours"]
+            agree = float((out[quant] == out["ours"]).float().mean())
+            log(f"batch {B}: ours {quant} {tps[quant]:.1f} tokens/s = {q_ratio:.2f}x our float32; "
+                f"{100 * agree:.0f} % of its greedy tokens are float32's")
+            result.update({f"batch{B}_{quant}_tokens_per_s": round(tps[quant], 1),
+                           f"batch{B}_{quant}_vs_fp32": round(q_ratio, 3),
+                           f"batch{B}_{quant}_token_agreement": round(agree, 4)})
+    for k, m in contestants.items():
+        pp = prefill_tokens_per_s(m, prefill_tokens, rounds)
+        log(f"prefill {prefill_tokens} tokens: {k} {pp:.0f} tokens/s")
+        result[f"prefill{prefill_tokens}_{k}_tokens_per_s"] = round(pp, 1)
+    if quant:
+        q = contestants[quant]
+        ppl = {k: works_perplexity(m, pre.tokenizer, ppl_tokens) for k, m in contestants.items()}
+        change = 100 * (ppl[quant] / ppl["ours"] - 1)
+        log(f"perplexity (works val, {ppl_tokens:,} tokens): float32 {ppl['ours']:.3f}, {quant} "
+            f"{ppl[quant]:.3f} ({change:+.2f} %); weights read per token: "
+            f"{torch_int8.weight_bytes(q) / 1e6:.0f} MB vs "
+            f"{torch_int8.weight_bytes(ours) / 1e6:.0f} MB")
+        result.update({"perplexity_fp32": round(ppl["ours"], 4),
+                       f"perplexity_{quant}": round(ppl[quant], 4),
+                       f"perplexity_{quant}_change_pct": round(change, 3),
+                       "perplexity_tokens": ppl_tokens,
+                       f"{quant}_weight_bytes": torch_int8.weight_bytes(q),
+                       "fp32_weight_bytes": torch_int8.weight_bytes(ours)})
     log(json_line(result))
     return result

@@ -10,9 +10,11 @@ from ..errors import UserError
 from .template import render_chat
 
 
-def pretrained_engine(model: str, engine: str, adapter: str | None = None):
+def pretrained_engine(model: str, engine: str, adapter: str | None = None,
+                      quant: str | None = None):
     """(next_logits, tokenizer, chat_template, stop_ids) for a registry name, a GGUF path or
-    (engine hf) an HF directory or hub id, with an optional PEFT adapter (engine hf)."""
+    (engine hf) an HF directory or hub id, with an optional PEFT adapter (engine hf); `quant`
+    ("int8", engine torch): the INT8 decoder of quantization/torch_int8.py."""
     from ..pretrained.models import gguf_file, resolve
     from ..pretrained.weights import load_gguf
 
@@ -21,6 +23,8 @@ def pretrained_engine(model: str, engine: str, adapter: str | None = None):
     src = resolve(model)
     if adapter and engine != "hf":
         raise UserError("--adapter (a PEFT adapter) runs on transformers: add --engine hf.")
+    if quant and engine != "torch":
+        raise UserError(f"--quant {quant} runs in our PyTorch engine: use --engine torch.")
     if engine == "hf":
         if src.kind == "gguf" and not adapter:
             return _hf_engine(src.path)
@@ -38,7 +42,12 @@ def pretrained_engine(model: str, engine: str, adapter: str | None = None):
         from ..torch_engine.generate import next_logits_fn
         from ..torch_engine.model import TorchGPT
 
-        fn = next_logits_fn(TorchGPT(pre.config, pre.params).eval().fuse_for_inference())
+        net = TorchGPT(pre.config, pre.params).eval().fuse_for_inference()
+        if quant:
+            from ..quantization.torch_int8 import calibration_ids, quantize_for_inference
+
+            quantize_for_inference(net, quant, calibration_ids(pre.tokenizer, pre.chat_template))
+        fn = next_logits_fn(net)
     return fn, pre.tokenizer, pre.chat_template, stop
 
 
@@ -61,7 +70,7 @@ def _hf_engine(path):
 
 def chat_loop(model: str, engine: str, params, system: str | None = None, inp=input,
               out=sys.stdout, adapter: str | None = None, tools: bool = False,
-              max_tool_rounds: int = 4) -> list[dict]:
+              max_tool_rounds: int = 4, quant: str | None = None) -> list[dict]:
     """Multi-turn conversation in the terminal; returns the transcript.
 
     With tools=True the system message lists the built-in tools (tools.py); when the model's reply
@@ -72,7 +81,7 @@ def chat_loop(model: str, engine: str, params, system: str | None = None, inp=in
     from .reply import parse_tool_calls
     from .tools import run_call, tools_system_prompt
 
-    fn, tok, template, stop = pretrained_engine(model, engine, adapter)
+    fn, tok, template, stop = pretrained_engine(model, engine, adapter, quant)
     if not template:
         raise UserError(f"{model} has no chat template; use 'llm-deeper generate' instead.")
     if tools:

@@ -36,6 +36,8 @@ def add_arguments(p) -> None:
     p.add_argument("--kv-cache-gb", type=float, default=1.0,
                    help="native: memory for the paged KV cache")
     p.add_argument("--block-size", type=int, default=16, help="native: token slots per block")
+    p.add_argument("--quant", choices=["int8"], default=None,
+                   help="native, CPU: INT8 weights and activations (docs/quantization.md)")
     p.add_argument("--max-sequences-per-request", type=int, default=16,
                    help="most sequences one request may ask for (prompts x n)")
     p.add_argument("--max-body-mb", type=float, default=4.0,
@@ -62,7 +64,7 @@ def run(args) -> None:
         served_name=args.served_model_name, device=args.device, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         enable_prefix_caching=not args.no_prefix_caching,
-        kv_cache_gb=args.kv_cache_gb, block_size=args.block_size,
+        kv_cache_gb=args.kv_cache_gb, block_size=args.block_size, quant=args.quant,
         max_sequences_per_request=args.max_sequences_per_request, max_body_mb=args.max_body_mb,
         max_connections=args.max_connections, keep_alive=args.keep_alive,
         header_timeout=args.header_timeout, shutdown_grace=args.shutdown_grace,

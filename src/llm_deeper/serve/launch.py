@@ -126,6 +126,7 @@ class ServeOptions:
     enable_prefix_caching: bool = True  # native: prompts share the blocks of a common beginning
     kv_cache_gb: float = 1.0
     block_size: int = 16
+    quant: str | None = None  # native, CPU: "int8" weights and activations
     max_sequences_per_request: int = 16  # prompts x n
     max_body_mb: float = 4.0
     max_connections: int = 256  # open connections + requests; beyond it uvicorn answers 503
@@ -143,7 +144,7 @@ def make_engine(o: ServeOptions, lora: dict[str, str]):
         return NativeEngine(o.model, o.device, max_num_seqs=o.max_num_seqs,
                             block_size=o.block_size, kv_cache_bytes=int(o.kv_cache_gb * 2**30),
                             max_batched_tokens=o.max_num_batched_tokens, adapters=lora,
-                            enable_prefix_caching=o.enable_prefix_caching,
+                            enable_prefix_caching=o.enable_prefix_caching, quant=o.quant,
                             start=False)  # serve() runs its loop on this thread
     if o.engine == "hf":
         from .hf_engine import HFEngine
@@ -165,6 +166,8 @@ def check_port(host: str, port: int) -> None:
 def serve(o: ServeOptions) -> None:
     lora = parse_lora_modules(list(o.lora_modules))
     served = o.served_name or os.path.basename(os.path.normpath(o.model))
+    if o.quant and o.engine != "native":
+        raise UserError(f"--quant {o.quant} runs in the native engine, not --engine {o.engine}.")
     if o.vllm_args and o.engine != "vllm":
         raise UserError(f"--vllm-args are options of 'vllm serve'; they need --engine vllm, "
                         f"not --engine {o.engine}.")

@@ -48,7 +48,7 @@ class NativeEngine:
                  block_size: int = 16, kv_cache_bytes: int = 1 << 30,
                  max_batched_tokens: int = 2048, adapters: dict[str, str] | None = None, *,
                  enable_prefix_caching: bool = True, torch_model=None, tokenizer=None,
-                 start: bool = True):
+                 start: bool = True, quant: str | None = None):
         """`max_batched_tokens`: the new tokens of one step (decodes first, then prompt
         chunks; scheduler.py). Smaller keeps the streams in flight smoother (a step never holds
         them up for long), larger gives long prompts a faster first token (fewer, fuller
@@ -58,7 +58,8 @@ class NativeEngine:
         milliseconds; on a 2-core CPU SmolLM2-135M prefills ~2 ms a token, so ~4 s, and
         serving long prompts there a budget of 256-512 keeps decodes flowing.
         `enable_prefix_caching`: prompts share the KV blocks of a common beginning
-        (block_manager.py)."""
+        (block_manager.py). `quant` ("int8"): INT8 weights and activations
+        (quantization/torch_int8.py), the base model only."""
         from ..torch_engine.paged import PagedKVCache
 
         if max_batched_tokens < 1:
@@ -70,6 +71,14 @@ class NativeEngine:
         if torch_model is None:
             torch_model, tokenizer = load_native(model, device)
         self.model = torch_model.eval().fuse_for_inference()
+        if quant:
+            if self.adapters:
+                raise UserError(f"--quant {quant} serves the base model only: drop "
+                                "--lora-modules.")
+            from ..quantization.torch_int8 import calibration_ids, quantize_for_inference
+
+            quantize_for_inference(self.model, quant, calibration_ids(
+                getattr(tokenizer, "bpe", tokenizer), getattr(tokenizer, "chat_template", None)))
         from ..torch_engine.decode import DecodeStep
 
         # steps of decodes only (the steady state) take the lean decode step (decode.py)

@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .ffn import matmul
 from .positions import apply_rope, rotate
 
 
@@ -86,7 +87,7 @@ def attention(cfg, x, p, prefix: str, layer: int, ctx):
     B, T, _ = x.shape
     H, KV, hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
     if ctx.fused and prefix + "wqkv" in p:  # one product for q, k, v (fuse_for_inference)
-        qk, v = F.linear(x, p[prefix + "wqkv"]).split([(H + KV) * hd, KV * hd], dim=-1)
+        qk, v = matmul(x, p[prefix + "wqkv"]).split([(H + KV) * hd, KV * hd], dim=-1)
         qk = qk.reshape(B, T, H + KV, hd)
         if ctx.rope is not None:  # queries and keys side by side: one rotation for all heads
             cos, sin = ctx.rope_full

@@ -54,6 +54,11 @@ class StepContext:
         if self.cache is not None:
             self.cache.pos += T
 
+    def block(self, fn, cfg, x, p, layer: int):
+        """Run one transformer block, fn = model.block. Training may run it otherwise: under
+        activation checkpointing (torch_engine/qlora.py), which recomputes it in backward."""
+        return fn(cfg, x, p, layer, self)
+
     def linear(self, x, p, name):
         return linear(x, p, name, self.lora)
 

@@ -17,7 +17,9 @@ plus the cost of launching each operation (a few microseconds of Python and disp
   filled prefix: the G query heads of a KV group are G "query positions" of one fused
   scaled_dot_product_attention call against the group's S keys (no mask: all are visible);
 * the LM head is read column-major for a single row (faster on CPU, see fuse_for_inference;
-  row-major for batches).
+  row-major for batches);
+* with `--quant int8` the five products of a layer and the head are INT8 ones
+  (quantization/torch_int8.py: a quarter of the bytes to read), through the same calls.
 
 Logits equal model.forward's to ~1e-5 (float32 sums in another order) and greedy tokens are
 identical (tests/test_decode_step.py). Supported: GQA/MHA/MQA with RoPE, learned or no positions,
@@ -35,7 +37,18 @@ import torch
 import torch.nn.functional as F
 
 from .attention import KVCache
+from .ffn import matmul
 from .positions import rope_rotation, rope_table, rotate
+
+
+def transposed(w):
+    """W^T for addmm, as a view; a quantized weight (quantization/torch_int8.py) as it is."""
+    return w.t() if torch.is_tensor(w) else w
+
+
+def add_product(x, h, w_t):
+    """x + h W^T in one call (addmm), or through a quantized weight's own kernel."""
+    return torch.addmm(x, h, w_t) if torch.is_tensor(w_t) else x + w_t.linear(h)
 
 
 class DecodeStep:
@@ -72,13 +85,17 @@ class DecodeStep:
             b13 = joined([pre + f"ffn.b{n}" for n in ups]) if cfg.bias else None
             self.layers.append((
                 (p[pre + "norm1.weight"], p.get(pre + "norm1.bias")), wqkv,
-                bqkv, p[pre + "attn.wo"].t(), p.get(pre + "attn.bo"),
+                bqkv, transposed(p[pre + "attn.wo"]), p.get(pre + "attn.bo"),
                 (p[pre + "norm2.weight"], p.get(pre + "norm2.bias")), w13, b13,
-                p[pre + "ffn.w2"].t(), p.get(pre + "ffn.b2")))
+                transposed(p[pre + "ffn.w2"]), p.get(pre + "ffn.b2")))
         self.norm_f = (p["norm_f.weight"], p.get("norm_f.bias"))
         self.wte, self.wpe = p["wte"], p.get("wpe")
-        self.head = p["wte"] if cfg.tie_embeddings else p["lm_head"]
-        self.head1 = p.get("lm_head.decode", self.head)  # column-major: faster for one row only
+        self.head = p.get("lm_head.quant")  # an INT8 copy (--quant int8), else the float one
+        if self.head is None:
+            self.head = p["wte"] if cfg.tie_embeddings else p["lm_head"]
+        self.head1 = self.head  # for one row: the column-major copy when float (faster here)
+        if torch.is_tensor(self.head):
+            self.head1 = p.get("lm_head.decode", self.head)
         self.act = {"swiglu": None, "gelu": lambda h: F.gelu(h, approximate="tanh"),
                     "relu": F.relu}[cfg.activation]
         self.rope = None
@@ -130,23 +147,23 @@ class DecodeStep:
                 cos, sin = cos[:, None], sin[:, None]  # the same angle for every head of a row
         act = self.act
         for i, (n1, wqkv, bqkv, wo_t, bo, n2, w13, b13, w2_t, b2) in enumerate(self.layers):
-            qkv = F.linear(self._norm(x, n1), wqkv, bqkv)  # (B, (H + 2 KV) hd)
+            qkv = matmul(self._norm(x, n1), wqkv, bqkv)  # (B, (H + 2 KV) hd)
             qk, v = qkv.split(self.split, -1)
             qk = qk.reshape(B, H + KV, hd)
             if self.rope is not None:
                 qk = rotate(qk, cos, sin, cfg.rope_pairing)
             o = attend(i, qk[:, :H].reshape(B, KV, G, hd), qk[:, H:], v.view(B, KV, hd))
-            x = torch.addmm(x, o.reshape(B, H * hd), wo_t)  # x + o Wo^T
+            x = add_product(x, o.reshape(B, H * hd), wo_t)  # x + o Wo^T
             if bo is not None:
                 x = x + bo
-            h = F.linear(self._norm(x, n2), w13, b13)
+            h = matmul(self._norm(x, n2), w13, b13)
             if act is None:
                 g, u = h.chunk(2, -1)
                 h = F.silu(g) * u
             else:
                 h = act(h)
-            x = torch.addmm(x, h, w2_t)  # x + h W2^T
+            x = add_product(x, h, w2_t)  # x + h W2^T
             if b2 is not None:
                 x = x + b2
         head = self.head1 if B == 1 else self.head
-        return F.linear(self._norm(x, self.norm_f), head)  # (B, vocab)
+        return matmul(self._norm(x, self.norm_f), head)  # (B, vocab)

@@ -29,7 +29,7 @@ def ffn(cfg, x, p, prefix: str, ctx):
     """x: (B, T, d_model) -> (B, T, d_model); projections through the step context."""
     if cfg.activation == "swiglu":
         if ctx.fused and prefix + "w13" in p:  # gate and up in one product (fuse_for_inference)
-            g, u = F.linear(x, p[prefix + "w13"]).chunk(2, dim=-1)
+            g, u = matmul(x, p[prefix + "w13"]).chunk(2, dim=-1)
         else:
             g, u = ctx.linear(x, p, prefix + "w1"), ctx.linear(x, p, prefix + "w3")
         h = F.silu(g) * u

@@ -23,7 +23,7 @@ from ..config import ModelConfig
 from ..params import init_params
 from .attention import KVCache, attention
 from .context import StepContext
-from .ffn import ffn
+from .ffn import ffn, matmul
 from .mla import LatentCache, mla_attention
 from .norms import norm
 from .positions import rope_rotation, rope_table, sinusoidal_positions
@@ -66,10 +66,10 @@ def forward(params, cfg: ModelConfig, ids, targets=None, ctx: StepContext | None
         ctx.rope = (cos[at], sin[at])  # (T, rope_dim / 2)
         ctx.rope_full = rope_rotation(*ctx.rope, cfg.rope_pairing)  # (T, rope_dim)
     for i in range(cfg.n_layer):
-        x = block(cfg, x, p, i, ctx)
+        x = ctx.block(block, cfg, x, p, i)
     ctx.end(T)
     h = norm(cfg, ctx.select(x), p, "norm_f")
-    logits = F.linear(h, output_head(p, cfg, h.shape[0] * h.shape[1]))
+    logits = matmul(h, output_head(p, cfg, h.shape[0] * h.shape[1]))
     loss = None
     if targets is not None:
         z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
@@ -79,8 +79,11 @@ def forward(params, cfg: ModelConfig, ids, targets=None, ctx: StepContext | None
 
 def output_head(p, cfg: ModelConfig, rows: int):
     """The LM head's weight: the column-major copy for a single row on CPU (see
-    TorchGPT.fuse_for_inference: faster there, slower for several rows), else the plain one."""
-    head = p.get("lm_head.decode") if rows == 1 else None
+    TorchGPT.fuse_for_inference: faster there, slower for several rows), else the plain one; a
+    quantized copy (`lm_head.quant`, quantization/torch_int8.py) whenever the model has one."""
+    head = p.get("lm_head.quant")
+    if head is None and rows == 1:
+        head = p.get("lm_head.decode")
     if head is None:
         head = p["wte"] if cfg.tie_embeddings else p["lm_head"]
     return head
