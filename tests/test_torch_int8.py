@@ -133,3 +133,29 @@ def test_bench_decode_reports_the_int8_ratio_and_perplexity():
     assert line["batch1_int8_vs_fp32"] > 0 and 0 <= line["batch1_int8_token_agreement"] <= 1
     assert abs(line["perplexity_int8_change_pct"]) < 5  # measured +0.5 % (docs/quantization.md)
     assert line["int8_weight_bytes"] < 0.35 * line["fp32_weight_bytes"]
+
+
+def test_the_native_engine_serves_the_int8_model():
+    """Requests decoded together by the serving engine (paged cache, the decode step's rows)
+    give the tokens of the same INT8 model run alone."""
+    from types import SimpleNamespace
+
+    from llm_deeper.quantization.torch_int8 import calibration_ids
+    from llm_deeper.serve.native import NativeEngine
+    from native_helpers import V, greedy_alone, run_concurrently, tokens
+    from native_helpers import small_model as native_model
+
+    bpe = SimpleNamespace(encode=lambda text: [ord(c) % V for c in text])
+    tok = SimpleNamespace(eos_token_id=None, chat_template=None, bpe=bpe)
+    engine = NativeEngine("tiny", torch_model=native_model(), tokenizer=tok, quant="int8")
+    try:
+        assert engine.model.quant == "int8"
+        ref = quantize_for_inference(native_model(), "int8", calibration_ids(bpe, None))
+        jobs = [([1, 2, 3, 4, 5], 10), ([7, 8, 9], 10), ([11] * 20, 10)]
+        got = tokens(run_concurrently(engine, jobs))
+        assert got == [greedy_alone(ref, prompt, n) for prompt, n in jobs]
+    finally:
+        engine.close()
+    with pytest.raises(UserError, match="base model only"):
+        NativeEngine("tiny", torch_model=native_model(), tokenizer=tok, quant="int8",
+                     adapters={"a": "nowhere"}, start=False)

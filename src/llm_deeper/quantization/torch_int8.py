@@ -130,7 +130,8 @@ def _targets(model) -> dict[str, torch.Tensor]:
 @torch.inference_mode()
 def calibrate(model, ids, window: int = 512) -> dict[str, torch.Tensor]:
     """Largest |input| per channel of every target product over `ids` (1-D token ids), run
-    through the float model in windows of `window` tokens."""
+    through the float model in windows of `window` tokens (at most the model's context)."""
+    window = min(window, model.cfg.context_length)
     recorders = {n: _Recorder(w) for n, w in _targets(model).items()}
     saved = dict(model._fused)
     model._fused.update(recorders)
