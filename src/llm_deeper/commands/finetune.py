@@ -2,7 +2,8 @@
 
 With --checkpoint: a NumPy checkpoint of ours adapts to a text (finetune_run below). With
 --model: a real model (SmolLM2, an HF directory, a hub id) learns a conversation dataset with
-TRL + PEFT (hf/finetune.py), also by prompt or prefix tuning.
+TRL + PEFT (hf/finetune.py), also by prompt or prefix tuning; or, with --engine torch, by LoRA or
+QLoRA (an NF4 base) in our own PyTorch engine on CPU (torch_engine/qlora.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from .common import load_model
 from .train import encode_corpus
 
 HELP = ("full or LoRA fine-tuning: a NumPy checkpoint on text, or (--model) a real model with "
-        "TRL + PEFT on a conversation dataset (also prompt or prefix tuning)")
+        "TRL + PEFT on a conversation dataset (also prompt or prefix tuning), or with LoRA or "
+        "QLoRA in our PyTorch engine on CPU (--engine torch)")
 DESCRIPTION = HELP + (
     ". Some defaults depend on the path: with --checkpoint (NumPy) / --model (HF), --steps is "
     "300 / 48, --batch-size 12 / 4, --rank 8 / 16, --alpha 16 / 32, and --lr 1e-3 for LoRA / "
@@ -41,8 +43,19 @@ def add_arguments(p) -> None:
     p.add_argument("--method", choices=["full", "lora", "qlora", "prompt", "prefix"],
                    default="lora",
                    help="full: every weight; lora: low-rank adapters; qlora: LoRA on a 4-bit "
-                   "base (HF path, CUDA); prompt: learned input embeddings; prefix: learned "
-                   "keys and values in every layer (HF path)")
+                   "NF4 base (--engine hf: CUDA and bitsandbytes; --engine torch: CPU); prompt: "
+                   "learned input embeddings; prefix: learned keys and values in every layer "
+                   "(HF path)")
+    p.add_argument("--engine", choices=["hf", "torch"], default="hf",
+                   help="with --model: hf (transformers, TRL, PEFT; every method) or torch "
+                   "(our PyTorch engine on CPU; lora and qlora, registry models and GGUF files) "
+                   "(default: hf)")
+    p.add_argument("--double-quant", action="store_true",
+                   help="--engine torch, qlora: also quantize the NF4 block scales to 8 bits "
+                   "(default: float32 scales)")
+    p.add_argument("--no-checkpointing", action="store_true",
+                   help="--engine torch: keep every layer's activations for backward instead "
+                   "of recomputing them (faster, far more memory; default: checkpointing)")
     p.add_argument("--num-virtual-tokens", type=int, default=None,
                    help="prompt/prefix tuning: virtual tokens (default: 20)")
     p.add_argument("--init", choices=["text", "random"], default="text",
@@ -82,10 +95,14 @@ def _set_defaults(args, defaults: dict) -> None:
 
 def run(args) -> None:
     if args.model:
-        _run_hf(args)
+        _run_torch(args) if args.engine == "torch" else _run_hf(args)
         return
+    if args.engine == "torch":
+        raise UserError("--engine torch fine-tunes a real model: give --model (a --checkpoint "
+                        "is fine-tuned in the NumPy engine).")
     if args.method == "qlora":
-        raise UserError("--method qlora is for real models (--model) on a GPU.")
+        raise UserError("--method qlora is for real models (--model): on a GPU with --engine "
+                        "hf, on the CPU with --engine torch.")
     if args.method in ("prompt", "prefix"):
         raise UserError(f"--method {args.method} is for real models (--model): PEFT adds its "
                         "virtual tokens to a transformers model, not to a NumPy checkpoint.")
@@ -106,7 +123,14 @@ def _run_hf(args) -> None:
     from ..hf.finetune import check_method, finetune
     from ..hf.models import hf_dir
 
-    check_method(args.method, args.num_virtual_tokens, args.init)
+    try:
+        check_method(args.method, args.num_virtual_tokens, args.init)
+    except UserError as exc:
+        if args.method == "qlora" and "qlora needs" in str(exc):
+            raise UserError("--method qlora needs a CUDA GPU and bitsandbytes with --engine hf "
+                            "(the default); pass --engine torch to train it on the CPU in our "
+                            "own engine.") from None
+        raise
     _set_defaults(args, HF_DEFAULTS)
     hf_dir(args.model)  # a model that is not there is said before any work
     splits = tool_calling_dataset() if args.dataset == "toolcalls" else load_sft(args.dataset)
@@ -120,6 +144,35 @@ def _run_hf(args) -> None:
                  merge_out=args.merge, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one report
         print(json.dumps(r))
+
+
+def _run_torch(args) -> None:
+    """LoRA or QLoRA in our PyTorch engine on CPU: the same data and defaults as the HF path."""
+    from ..data.sft import load_sft
+    from ..data.toolcalls import tool_calling_dataset
+    from ..torch_engine.qlora import METHODS, finetune_torch
+
+    if args.method not in METHODS:
+        raise UserError(f"--engine torch trains --method lora or qlora; --method {args.method} "
+                        "runs with --engine hf.")
+    for flag, given in (("--resume", args.resume), ("--merge", args.merge),
+                        ("--lora-dropout", args.lora_dropout),
+                        ("--num-virtual-tokens", args.num_virtual_tokens is not None)):
+        if given:
+            raise UserError(f"{flag} is for --engine hf; with --engine torch, merge the saved "
+                            "adapter afterwards with 'llm-deeper merge --adapter OUT/adapter'."
+                            if flag == "--merge" else f"{flag} is for --engine hf.")
+    if args.double_quant and args.method != "qlora":
+        raise UserError("--double-quant quantizes the NF4 scales of --method qlora.")
+    _set_defaults(args, HF_DEFAULTS)
+    splits = tool_calling_dataset() if args.dataset == "toolcalls" else load_sft(args.dataset)
+    targets = "all-linear" if args.targets == "wq,wv" else args.targets
+    r = finetune_torch(args.model, splits.get("train", []), args.out, method=args.method,
+                       steps=args.steps, lr=args.lr or 1e-3, batch_size=args.batch_size,
+                       rank=args.rank, alpha=args.alpha, targets=targets,
+                       max_length=args.max_length, double_quant=args.double_quant,
+                       checkpointing=not args.no_checkpointing, progress=not args.no_progress)
+    print(json.dumps({k: v for k, v in r.items() if k != "losses"}))
 
 
 def finetune_run(*, checkpoint: str, data: str = "sonnets", method: str = "lora",
