@@ -31,6 +31,11 @@ def add_arguments(p) -> None:
     q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     q.add_argument("--prefill-tokens", type=int, default=128,
                    help="prompt length of the prefill measurement (llama-bench -p)")
+    q.add_argument("--quant", choices=["int8"], default=None,
+                   help="also time our engine with INT8 weights and activations (CPU) and "
+                   "report its speed and perplexity against our float32")
+    q.add_argument("--ppl-tokens", type=int, default=2048,
+                   help="with --quant: works validation tokens scored for perplexity")
     q = sub.add_parser("kv-cache", help="time per token vs length with/without cache; KV bytes")
     q.add_argument("--lengths", default="128,256,512,1024,2048",
                    help="sequence lengths to time, comma-separated")
@@ -66,6 +71,21 @@ def add_arguments(p) -> None:
     q.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
     q.add_argument("--prefill-tokens", type=int, default=128, help="llama-bench -p")
     q.add_argument("--new-tokens", type=int, default=64, help="llama-bench -n")
+    q = sub.add_parser("quant", help="weight formats on SmolLM2-135M: perplexity, weight bytes, "
+                       "greedy agreement with fp32")
+    q.add_argument("--model", default="smollm2-135m", help="a registry name or a GGUF file")
+    q.add_argument("--formats", default=None,
+                   help="comma-separated presets (fp32, bf16, fp16, int8-pc, int4-g32, int4-g64, "
+                   "int4-g32-gptq, int4-g64-gptq, nf4, nf4-dq, fp8-e4m3-pc, q8_0, q4_0, q4_1: "
+                   "the default) or FORMAT[:NAME=VALUE...][:gptq]")
+    q.add_argument("--max-tokens", type=int, default=None,
+                   help="works val tokens scored (default 8192; --quick 512)")
+    q.add_argument("--new-tokens", type=int, default=None,
+                   help="greedy tokens per prompt (default 64; --quick 8)")
+    q.add_argument("--gptq-tokens", type=int, default=2048,
+                   help="GPTQ calibration tokens from the works train split")
+    q.add_argument("--quick", action="store_true",
+                   help="a tiny run: fp32 and int8-pc, 512 tokens, 8 new tokens")
     q = sub.add_parser("tokenizer", help="BPE encode MB/s vs HF tokenizers, SmolLM2 vocabulary")
     q.add_argument("--data", default="works", help="the text to encode")
 
@@ -111,12 +131,18 @@ def run(args) -> None:
         from ..bench.decode import run
 
         run(args.model, [int(b) for b in args.batch_sizes.split(",")], args.new_tokens,
-            args.rounds, args.device, args.prefill_tokens)
+            args.rounds, args.device, args.prefill_tokens, args.quant, args.ppl_tokens)
     elif args.bench_command == "llama-cpp":
         from ..bench.llama_cpp import run
 
         run(args.model, args.build_dir, args.threads, args.rounds, args.prefill_tokens,
             args.new_tokens)
+    elif args.bench_command == "quant":
+        from ..bench.quant import DEFAULT, QUICK, run
+
+        run(args.model, args.formats or (QUICK if args.quick else DEFAULT),
+            args.max_tokens or (512 if args.quick else 8192),
+            args.new_tokens or (8 if args.quick else 64), args.gptq_tokens)
     else:
         from ..bench.tokenizer import run
 

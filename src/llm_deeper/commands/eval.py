@@ -29,10 +29,16 @@ def add_arguments(p) -> None:
                    help="score only the first N tokens (default: all)")
     q.add_argument("--quant", default=None, metavar="FORMAT",
                    help="score the model with its weight matrices quantized to FORMAT and back "
-                   "(int8, int8_asym, int4, q8_0, q4_0, q4_1, nf4, fp8_e4m3, fp8_e5m2)")
+                   "(bf16, fp16, int8, int8_asym, int4, q8_0, q4_0, q4_1, nf4, fp8_e4m3, "
+                   "fp8_e5m2)")
     q.add_argument("--quant-option", action="append", default=[], metavar="NAME=VALUE",
                    help="a format option, e.g. group_size=32, per_channel=true, "
                    "double_quant=true (repeatable)")
+    q.add_argument("--gptq", action="store_true",
+                   help="with --quant int4: GPTQ's rounding, calibrated layer by layer on the "
+                   "train split of --data (never the scored text) instead of round-to-nearest")
+    q.add_argument("--gptq-tokens", type=int, default=2048,
+                   help="calibration tokens for --gptq (default: 2048)")
 
     for name, help_ in (("toolcalls", ("the built-in tool-calling task, played to the final "
                                        "answer: tool-name accuracy, exact match, answer "
@@ -68,20 +74,24 @@ def _perplexity(args) -> int:
     from ..data import load_text
     from ..evaluation.perplexity import numpy_logprobs, perplexity, torch_logprobs
 
-    text = load_text(args.data)
-    cut = int(len(text) * 0.9)
-    text = {"train": text[:cut], "val": text[cut:], "all": text}[args.split]
+    full = load_text(args.data)
+    cut = int(len(full) * 0.9)
+    text = {"train": full[:cut], "val": full[cut:], "all": full}[args.split]
     quant = {}
+    if args.gptq and args.quant != "int4":
+        raise UserError("--gptq writes INT4 codes: add --quant int4 (and e.g. --quant-option "
+                        "group_size=32).")
     if args.quant:
-        from ..quantization.model import fake_quantize, parse_options
+        from ..quantization.model import parse_options
 
         options = parse_options(args.quant_option)
+        calib_text = full[:cut]  # GPTQ calibrates on the train split
     if args.checkpoint:
         model, tok = load_model(args.checkpoint)
         if args.quant:
-            params, nbytes = fake_quantize(model.params, args.quant, **options)
+            params, nbytes = _quantize(args, model.params, model.cfg, tok, options, calib_text)
             model = type(model)(model.cfg, params)
-            quant = {"quant": args.quant, **options, "weight_bytes": nbytes}
+            quant = {"quant": args.quant, **options, "gptq": args.gptq, "weight_bytes": nbytes}
         fn, ctx, name = numpy_logprobs(model), model.cfg.context_length, args.checkpoint
     else:
         from ..pretrained.models import gguf_file
@@ -91,8 +101,8 @@ def _perplexity(args) -> int:
         pre = load_gguf(gguf_file(args.model, "eval perplexity reads GGUF files"))
         tok, name, params = pre.tokenizer, args.model, pre.params
         if args.quant:
-            params, nbytes = fake_quantize(params, args.quant, **options)
-            quant = {"quant": args.quant, **options, "weight_bytes": nbytes}
+            params, nbytes = _quantize(args, params, pre.config, tok, options, calib_text)
+            quant = {"quant": args.quant, **options, "gptq": args.gptq, "weight_bytes": nbytes}
         fn, ctx = torch_logprobs(TorchGPT(pre.config, params).eval()), pre.config.context_length
     window = min(args.window or ctx, ctx)
     stride = args.stride or max(1, window // 2)
@@ -107,6 +117,22 @@ def _perplexity(args) -> int:
                       "perplexity": round(r.perplexity, 4), "nll": round(r.nll, 5),
                       "tokens": r.tokens, "window": r.window, "stride": r.stride, **quant}))
     return 0
+
+
+def _quantize(args, params, cfg, tok, options: dict, calib_text: str):
+    """(params quantized to --quant and back, weight bytes): round-to-nearest, or with --gptq
+    GPTQ calibrated on the first --gptq-tokens tokens of the train split."""
+    from ..quantization.model import fake_quantize
+
+    if not args.gptq:
+        return fake_quantize(params, args.quant, **options)
+    from ..quantization.gptq_model import calibration_ids, gptq_model
+
+    unknown = set(options) - {"group_size"}
+    if unknown:
+        raise UserError(f"--gptq takes the option group_size, got {sorted(unknown)}.")
+    ids = calibration_ids(tok, calib_text, args.gptq_tokens)
+    return gptq_model(cfg, params, ids, group_size=options.get("group_size", 64))
 
 
 def _eval_hf(args) -> int:

@@ -2,6 +2,7 @@
 
     FORMATS[name] = (quantize(w, **options) -> QTensor, dequantize(QTensor) -> float32 array)
 
+    bf16 fp16   16-bit floats, no scale       (bfloat16 by hand on the bits; IEEE half)
     int8        symmetric absmax INT8        per_channel=False
     int8_asym   INT8 with a zero point       per_channel=False
     int4        group-wise INT4, packed      group_size=64 (32, 64 or 128)
@@ -12,8 +13,8 @@
 `error_report(w, name, **options)` quantizes and dequantizes once and returns the mean squared
 error, the largest absolute error and the bytes (codes + scales + zero points + anything else
 stored), with bits/param = 8 * bytes / numel. For a 4096 x 4096 matrix of N(0, 0.02) weights, the
-bits come out about 8.008 (int8 per row), 8.5 (q8_0), 4.5 (q4_0, int4 at g = 64, nf4) and
-4.127 (nf4 + double quantization); the errors say what those bits buy.
+bits come out 16 (bf16, fp16), about 8.008 (int8 per row), 8.5 (q8_0), 4.5 (q4_0, int4 at
+g = 64, nf4) and 4.127 (nf4 + double quantization); the errors say what those bits buy.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from functools import partial
 import numpy as np
 
 from ..errors import UserError
-from . import fp8, gguf_blocks, integer, nf4
+from . import floats, fp8, gguf_blocks, integer, nf4
 from .qtensor import QTensor, as_float32, require_qtensor
 
 
@@ -42,6 +43,8 @@ def _gguf(name: str):
 
 
 FORMATS = {
+    "bf16": (floats.bf16_quantize, floats.bf16_dequantize),
+    "fp16": (floats.fp16_quantize, floats.fp16_dequantize),
     "int8": (integer.int8_quantize, integer.int8_dequantize),
     "int8_asym": (integer.int8_asym_quantize, integer.int8_asym_dequantize),
     "int4": (integer.int4_quantize, integer.int4_dequantize),
