@@ -19,7 +19,7 @@ def add_arguments(p) -> None:
                    help="offer the built-in tools and run the calls the model makes")
     p.add_argument("--system", default=None, help="a system message (default: none of our own)")
     p.add_argument("--quant", choices=["int8"], default=None,
-                   help="engine torch, CPU: INT8 weights and activations (about 2x faster "
+                   help="engine torch, CPU: INT8 weights and activations (1.5-1.6x faster "
                    "decoding, docs/quantization.md)")
     add_sampling(p)
     p.set_defaults(temperature=0.0, max_tokens=256)

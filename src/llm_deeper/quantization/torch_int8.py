@@ -13,7 +13,7 @@ activations are rounded to 8 bits as well, on the fly, one scale per token ("dyn
 Rounding activations costs more than rounding weights: a few input channels of a transformer
 carry values 10-100x larger than the rest, and one scale per token is set by them, so the small
 channels lose their bits. SmoothQuant (Xiao et al., 2023) moves that range from the activations
-into the weights, which quantize per row and do not mind: with s_j = max|X_j|^a / max|W_.j|^(1-a)
+into the weights, which quantize per row and mind less: with s_j = max|X_j|^a / max|W_.j|^(1-a)
 for each input channel j (measured on calibration text),
 
     x W^T = (x / s) (W diag(s))^T     exactly, then both factors are quantized.
@@ -23,8 +23,8 @@ norm's weight). What smoothing leaves, LLM.int8() (Dettmers et al., 2022) remove
 input channels with the largest calibrated |x| skip the integer product and multiply in float32
 beside it, y = int8 part + x[:, out] W[:, out]^T, so no token's scale is set by them. Measured on
 SmolLM2-135M (4,096 tokens of the works, calibrated on the tool-calling chats): per-token INT8
-activations alone cost +3.6 % perplexity, smoothed +1.5 %, smoothed with the float outlier
-channels +0.5 % (docs/quantization.md, with the speed).
+activations (W8A8) cost +4.2 % perplexity, smoothed +1.5 %, smoothed with the float outlier
+channels +0.5 %; weights alone +0.4 % (docs/quantization.md, with the speed).
 
 `quantize_for_inference(model)` calibrates on a short text, then swaps the products decoding
 uses (q|k|v, o, gate|up, down and the LM head) for `Int8Linear`s; every product of the engine
