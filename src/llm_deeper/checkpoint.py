@@ -7,6 +7,10 @@
     trainer_state.json     step, RNG states, loss history, training settings
     loss_curve.png         the losses so far
 
+A quantized checkpoint (`llm-deeper quantize --out DIR`, quantization/qcheckpoint.py) has
+quantized.safetensors and quantization.json instead of model.safetensors; `load_checkpoint`
+dequantizes it, so every --checkpoint command runs it.
+
 The directory is written to a temporary sibling and swapped into place (util/paths.py:
 atomic_dir), so a crash or Ctrl-C mid-write leaves the previous checkpoint intact.
 """
