@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..errors import UserError
-from .common import load_model
+from .common import add_sampling, load_model, sampling
 
 HELP = "evaluate a model: perplexity, the tool-calling task, ROUGE and BERTScore"
 
@@ -62,7 +62,27 @@ def add_arguments(p) -> None:
             q.add_argument("--split", default="test", help="the dataset's split to score")
 
 
+    q = sub.add_parser("code", help="write the built-in Python tasks' functions and run them "
+                       "against hidden tests in a sandbox: pass@1, pass@k")
+    q.add_argument("--model", default="smollm2-135m",
+                   help="registry name, GGUF file, or (engine hf) an HF directory or hub id")
+    q.add_argument("--engine", choices=["numpy", "torch", "hf"], default=None,
+                   help="default: torch for a registry model or GGUF file without --adapter, "
+                   "else hf")
+    q.add_argument("--adapter", default=None, help="a PEFT adapter directory (engine hf)")
+    q.add_argument("--n", type=int, default=1, help="samples per task (pass@k needs n >= k)")
+    q.add_argument("--k", default="1", help="comma-separated k of pass@k (default: 1)")
+    q.add_argument("--tasks", type=int, default=None, help="only the first N tasks (all: 32)")
+    q.add_argument("--timeout", type=float, default=10.0, help="seconds per program")
+    q.add_argument("--report", default=None, metavar="FILE",
+                   help="write every reply, program status and output here (JSON)")
+    add_sampling(q)
+    q.set_defaults(temperature=0.0, max_tokens=256)
+
+
 def run(args) -> int:
+    if args.eval_command == "code":
+        return _eval_code(args)
     if args.eval_command in ("toolcalls", "dataset"):
         return _eval_hf(args)
     return _perplexity(args)
@@ -197,3 +217,19 @@ def metrics_table(results: dict[str, dict]) -> str:
         lines.append(line)
     n = next(iter(results.values()))["examples"]
     return "\n".join(lines + [f"({n} test conversations, greedy decoding)"])
+
+
+def _eval_code(args) -> int:
+    from ..evaluation.code_eval import run as run_code
+    from ..evaluation.sandbox import Limits
+    from ..pretrained.models import resolve
+
+    try:
+        ks = tuple(int(k) for k in args.k.split(","))
+    except ValueError:
+        raise UserError(f"--k takes comma-separated integers, got '{args.k}'.") from None
+    engine = args.engine or ("torch" if resolve(args.model).kind == "gguf" and not args.adapter
+                             else "hf")
+    run_code(args.model, engine, args.adapter, sampling(args), args.n, ks, args.tasks,
+             Limits(wall_s=args.timeout), args.report)
+    return 0
